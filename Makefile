@@ -1,0 +1,38 @@
+# Two commands a new user needs: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CAPPLAN := $(VENV)/bin/capplan
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test check lint typecheck unit install clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first, and only when none is importable: `pip install torch==2.13.0` takes the CPU wheel,
+# and a user's own CUDA build is never replaced.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(CAPPLAN) estimate --gpu rtx3080 --model qwen3-8b-int8 --prompt-tokens 512 --max-tokens 512
+
+lint: install
+	$(PY) -m ruff check capplan reference_server tests benchmarks scenarios
+
+typecheck: install
+	$(PY) -m mypy capplan reference_server
+
+unit: install
+	$(PY) -m pytest -q
+
+check: lint typecheck
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

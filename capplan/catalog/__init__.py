@@ -1,0 +1,1 @@
+"""Built-in GPU and model catalogs (data in *.toml beside this file)."""

@@ -1,0 +1,1 @@
+"""capplan estimator: memory, concurrency and latency from first principles."""

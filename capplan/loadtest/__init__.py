@@ -1,0 +1,1 @@
+"""capplan load generation, measurement and reports."""

@@ -1,0 +1,1 @@
+"""capplan reference inference server: a transformers model behind FastAPI, admission control."""
