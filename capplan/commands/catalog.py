@@ -1,9 +1,108 @@
-"""Command placeholder: its owner fills in `register`."""
+"""`capplan catalog gpus|models`: list the built-in catalogs with their sources."""
 
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import asdict
+
 import typer
+
+catalog_app = typer.Typer(
+    name="catalog",
+    help="List the built-in GPU and model catalogs (every entry with its source).",
+    no_args_is_help=True,
+)
+
+
+def _check_format(output_format: str) -> None:
+    if output_format not in ("table", "json"):
+        print(f"error: unknown --format '{output_format}'; choose table or json", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+@catalog_app.command("gpus")
+def gpus(
+    output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
+) -> None:
+    """GPUs: memory as CUDA reports it, bandwidth, dense FP16 TFLOPS, source."""
+    from capplan.catalog import loader
+
+    _check_format(output_format)
+    entries = list(loader.gpus().values())
+    if output_format == "json":
+        rows = [{**asdict(e), "total_bytes": e.total_bytes} for e in entries]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="GPU catalog ((check) = from a secondary source)", title_justify="left")
+    for column in ("id", "name", "total", "GB/s", "TFLOPS", "bf16/fp8", "notes"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            e.id,
+            e.name,
+            f"{e.total_bytes / 1024**3:.2f} GiB" + (" (check)" if "total_mib" in e.check else ""),
+            f"{e.bandwidth_gbs:g}",
+            f"{e.tflops_fp16:g}" + (" (check)" if "tflops_fp16" in e.check else ""),
+            f"{'y' if e.bf16 else 'n'}/{'y' if e.fp8 else 'n'}",
+            "; ".join([e.notes, *(f"(check) {c}" for c in e.check)]).strip("; "),
+        )
+    console = Console()
+    console.print(table)
+    console.print("Sources", style="bold")
+    for e in entries:
+        console.print(f"  {e.id}: {e.source}", highlight=False)
+
+
+@catalog_app.command("models")
+def models(
+    output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
+) -> None:
+    """Models: the config.json fields the estimator uses, KV per token, source."""
+    from capplan.catalog import loader
+
+    _check_format(output_format)
+    entries = list(loader.models().values())
+    if output_format == "json":
+        typer.echo(json.dumps([asdict(e) for e in entries], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title="Model catalog (append -int8, -nf4, -awq, -gptq, -fp8, ... to quantize)",
+        title_justify="left",
+    )
+    columns = ("id", "layers", "hidden", "heads/kv", "head_dim", "tied", "params", "KV/tok")
+    for column in (*columns, "notes"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        head_dim = e.head_dim or e.hidden // e.heads
+        kv = 2 * e.layers * e.kv_heads * head_dim * 2
+        notes = [f"window {e.sliding_window} ({e.sliding_layers})"] if e.sliding_window else []
+        notes += [f"(check) {c}" for c in e.check]
+        table.add_row(
+            e.id,
+            str(e.layers),
+            str(e.hidden),
+            f"{e.heads}/{e.kv_heads}",
+            str(head_dim) if e.head_dim else f"({head_dim})",
+            "yes" if e.tied_embeddings else "no",
+            f"{e.params / 1e9:.2f} B",
+            f"{kv // 1024} KiB",
+            "; ".join(notes),
+        )
+    console = Console()
+    console.print(table)
+    console.print("head_dim in parentheses: hidden / heads (no head_dim in config.json)")
+    console.print("Sources", style="bold")
+    for e in entries:
+        console.print(f"  {e.id}: {e.hf_id}, {e.source}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the root app."""
+    """Add `capplan catalog gpus|models` to the root app."""
+    app.add_typer(catalog_app, name="catalog")

@@ -1,9 +1,205 @@
-"""Command placeholder: its owner fills in `register`."""
+"""`capplan estimate`: memory, concurrency, latency and server settings for one deployment.
+
+Only stdlib and typer at module level: the estimator and rich load inside the command, and
+torch / transformers / pandas / httpx / fastapi never load at all.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from capplan.estimate.result import EstimateResult
+
+FORMATS = ("table", "json", "markdown")
+
+
+def _fail(message: str) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(2)
+
+
+def estimate(
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Catalog id with optional quantization suffix (qwen3-8b-int8, llama-3.1-8b-awq), "
+        "an HF id from the catalog, or a local config.json / model directory.",
+    ),
+    gpu: str | None = typer.Option(
+        None,
+        "--gpu",
+        "-g",
+        help="Catalog id (rtx3080), 'auto' (NVML), 'cpu' (CPU inference), or omit with --vram.",
+    ),
+    prompt_tokens: int | None = typer.Option(
+        None, "--prompt-tokens", help="Prompt tokens per request (default: 512)."
+    ),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", help="Output tokens per request (default: 512)."
+    ),
+    quant: str | None = typer.Option(
+        None, "--quant", help="fp32, fp16, bf16, fp8, int8, nf4, fp4, gptq, awq, native."
+    ),
+    group_size: int | None = typer.Option(
+        None, "--group-size", help="GPTQ/AWQ group size (default: 128 or config.json's)."
+    ),
+    double_quant: bool = typer.Option(
+        True, "--double-quant/--no-double-quant", help="bitsandbytes 4-bit double quantization."
+    ),
+    kv_dtype: str = typer.Option("auto", "--kv-dtype", help="auto, fp16, bf16, fp8, fp32."),
+    runtime: str = typer.Option("hf", "--runtime", help="hf (transformers generate) or vllm."),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs in total."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel size; replicas = gpus / tp."),
+    margin: float = typer.Option(
+        0.03, "--margin", help="Safety margin, fraction of GPU memory (hf runtime)."
+    ),
+    gpu_memory_utilization: float = typer.Option(
+        0.9, "--gpu-memory-utilization", help="vLLM's share of GPU memory."
+    ),
+    max_model_len: int | None = typer.Option(
+        None, "--max-model-len", help="vLLM max_model_len (default: the model's positions)."
+    ),
+    max_num_seqs: int | None = typer.Option(
+        None, "--max-num-seqs", help="vLLM max_num_seqs (default: vLLM's for the GPU)."
+    ),
+    max_num_batched_tokens: int | None = typer.Option(
+        None, "--max-num-batched-tokens", help="vLLM max_num_batched_tokens (default: vLLM's)."
+    ),
+    target_concurrency: int | None = typer.Option(
+        None, "--target-concurrency", help="Answer: the max_tokens that allows N at once."
+    ),
+    clients: int = typer.Option(1, "--clients", help="Clients sharing the rate limit."),
+    vram: str | None = typer.Option(
+        None, "--vram", help="Custom GPU memory (RAM with --gpu cpu), e.g. 24GiB."
+    ),
+    cores: int | None = typer.Option(
+        None, "--cores", help="CPU cores for --gpu cpu (default: this machine's)."
+    ),
+    bandwidth: str | None = typer.Option(
+        None, "--bandwidth", help="Custom memory bandwidth, e.g. 936GB/s."
+    ),
+    tflops: str | None = typer.Option(None, "--tflops", help="Custom dense FP16 TFLOPS."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table, json, markdown."),
+    emit: tuple[str, Path] | None = typer.Option(
+        None,
+        "--emit",
+        metavar="env|gunicorn|json FILE",
+        help="Write the recommended server settings for `capplan serve`.",
+    ),
+) -> None:
+    """Memory, safe concurrency, queue, timeouts and latency for a model on a GPU."""
+    from capplan.errors import InputError
+
+    if output_format not in FORMATS:
+        raise _fail(f"unknown --format '{output_format}'; choose table, json or markdown")
+    try:
+        result = _run(
+            model=model,
+            gpu=gpu,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            quant=quant,
+            group_size=group_size,
+            double_quant=double_quant,
+            kv_dtype=kv_dtype,
+            runtime=runtime,
+            gpus=gpus,
+            tp=tp,
+            margin=margin,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            target_concurrency=target_concurrency,
+            clients=clients,
+            vram=vram,
+            cores=cores,
+            bandwidth=bandwidth,
+            tflops=tflops,
+        )
+        if emit is not None and emit[0] not in ("env", "gunicorn", "json"):
+            raise InputError(f"unknown --emit format '{emit[0]}'; choose env, gunicorn or json")
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    _render(result, output_format)
+    if emit is not None:
+        _emit(result, emit[0], emit[1])
+
+
+def _run(**options: Any) -> EstimateResult:
+    from capplan.estimate.capacity import VllmOptions
+    from capplan.estimate.estimator import EstimateRequest
+    from capplan.estimate.estimator import estimate as run_estimate
+    from capplan.estimate.gpu_spec import resolve_gpu
+    from capplan.estimate.model_spec import resolve_model
+
+    o = options
+    gpu_spec = resolve_gpu(
+        o["gpu"], vram=o["vram"], bandwidth=o["bandwidth"], tflops=o["tflops"], cores=o["cores"]
+    )
+    resolved = resolve_model(
+        o["model"], quant=o["quant"], group_size=o["group_size"], double_quant=o["double_quant"]
+    )
+    return run_estimate(
+        EstimateRequest(
+            gpu=gpu_spec,
+            model=resolved,
+            prompt_tokens=o["prompt_tokens"],
+            max_tokens=o["max_tokens"],
+            runtime=o["runtime"],
+            kv_dtype=o["kv_dtype"],
+            gpus=o["gpus"],
+            tp=o["tp"],
+            margin=o["margin"],
+            target_concurrency=o["target_concurrency"],
+            clients=o["clients"],
+            vllm=VllmOptions(
+                gpu_memory_utilization=o["gpu_memory_utilization"],
+                max_model_len=o["max_model_len"],
+                max_num_seqs=o["max_num_seqs"],
+                max_num_batched_tokens=o["max_num_batched_tokens"],
+            ),
+        )
+    )
+
+
+def _render(result: EstimateResult, output_format: str) -> None:
+    from capplan.render import estimate as render
+
+    if output_format == "json":
+        typer.echo(render.to_json(result))
+    elif output_format == "markdown":
+        typer.echo(render.to_markdown(result), nl=False)
+    else:
+        from rich.console import Console
+
+        render.print_table(result, Console())
+
+
+def _emit(result: EstimateResult, fmt: str, path: Path) -> None:
+    from capplan.errors import InputError
+    from capplan.estimate.server_settings import write_settings
+
+    if not result.fits:
+        raise _fail(f"the deployment does not fit (see above); nothing written to {path}")
+    w = result.workload
+    source = (
+        f"capplan estimate --gpu {result.gpu.id} --model {result.model.id}-{result.quant.name} "
+        f"--prompt-tokens {w.prompt_tokens} --max-tokens {w.max_tokens} --runtime {w.runtime}"
+    )
+    try:
+        write_settings(result.settings, fmt, path, source)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    print(f"wrote {fmt} settings to {path}", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the root app."""
+    """Add `capplan estimate` to the root app."""
+    app.command("estimate")(estimate)

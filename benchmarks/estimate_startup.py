@@ -1,0 +1,72 @@
+"""Wall time of `capplan estimate` next to `python -c pass`, measured side by side.
+
+Run: .venv/bin/python benchmarks/estimate_startup.py [--runs 15]
+Target: the estimate itself (median) <= 0.3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+SEED = [
+    "estimate",
+    "--gpu",
+    "rtx3080",
+    "--model",
+    "qwen3-8b-int8",
+    "--prompt-tokens",
+    "512",
+    "--max-tokens",
+    "512",
+]
+COMMANDS = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "capplan estimate (table)": [
+        sys.executable,
+        "-c",
+        "from capplan.cli import main; main()",
+        *SEED,
+    ],
+    "capplan estimate (json)": [
+        sys.executable,
+        "-c",
+        "from capplan.cli import main; main()",
+        *SEED,
+        "--format",
+        "json",
+    ],
+}
+
+
+def wall_time(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={"COLUMNS": "100"})
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    for command in COMMANDS.values():  # warm the page cache and .pyc files
+        wall_time(command)
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(args.runs):  # interleaved, so load on the machine hits all alike
+        for name, command in COMMANDS.items():
+            times[name].append(wall_time(command))
+    base = statistics.median(times["python -c pass"])
+    print(f"{'command':28} {'median s':>9} {'min s':>7} {'x python':>9} {'minus python':>13}")
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(
+            f"{name:28} {median:9.3f} {min(samples):7.3f} {median / base:9.1f} "
+            f"{median - base:13.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

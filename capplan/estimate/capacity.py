@@ -1,0 +1,228 @@
+"""Capacity of one replica: weights, the runtime's memory budget, concurrency and roofline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from capplan.errors import InputError
+from capplan.estimate.architecture import ModelSpec
+from capplan.estimate.gpu_spec import GpuSpec
+from capplan.estimate.kv_cache import (
+    kv_bytes_for_context,
+    kv_bytes_per_token,
+    kv_dtype_bytes,
+    max_tokens_in_budget,
+)
+from capplan.estimate.memory_hf import (
+    CPU_PROCESS_BYTES,
+    CUDA_CONTEXT_BYTES,
+    HfAssumptions,
+    HfBudget,
+    hf_budget,
+)
+from capplan.estimate.memory_vllm import (
+    GPU_MEMORY_UTILIZATION,
+    VllmBudget,
+    default_scheduler_limits,
+    vllm_budget,
+)
+from capplan.estimate.quantization import QuantScheme, WeightStorage, weight_storage
+from capplan.estimate.result import MemoryTerms, Workload
+from capplan.estimate.roofline import Roofline, attention_width, matmul_params
+
+RUNTIMES = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Everything about one replica that depends on memory."""
+
+    weights: WeightStorage
+    kv_element_bytes: int
+    hf: HfBudget | None
+    vllm: VllmBudget | None
+    concurrency: int
+    zero_margin_concurrency: int
+    largest_context: int
+    memory: MemoryTerms
+    roofline: Roofline
+
+
+def check_parallelism(spec: ModelSpec, gpus: int, tp: int) -> None:
+    if gpus < 1 or tp < 1:
+        raise InputError("--gpus and --tp must be at least 1")
+    if gpus % tp:
+        raise InputError(f"--gpus {gpus} is not a multiple of --tp {tp}; replicas = gpus / tp")
+    if spec.heads % tp:
+        raise InputError(f"{spec.id} has {spec.heads} attention heads; --tp must divide them")
+
+
+def capacity(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    vllm_options: VllmOptions | None = None,
+) -> Capacity:
+    tp = workload.tp
+    element = kv_dtype_bytes(workload.kv_dtype)
+    weights = weight_storage(spec, scheme, tp=tp)
+    roof = Roofline(
+        weights_bytes=weights.total_bytes,
+        matmul_params=matmul_params(spec) // tp,
+        attention_width=attention_width(spec) // tp,
+        kv_bytes_per_token=kv_bytes_per_token(spec, element, tp),
+        bandwidth_bytes_s=gpu.bandwidth_bytes_s,
+        tflops=gpu.tflops_fp16,
+        decode_slowdown=scheme.decode_slowdown,
+        prefill_slowdown=scheme.prefill_slowdown,
+    )
+    if workload.runtime == "vllm":
+        return _vllm_capacity(gpu, spec, scheme, workload, vllm_options, weights, element, roof)
+    return _hf_capacity(gpu, spec, scheme, workload, weights, element, roof)
+
+
+def _hf_capacity(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    weights: WeightStorage,
+    element: int,
+    roof: Roofline,
+) -> Capacity:
+    def budget(margin: float) -> HfBudget:
+        return hf_budget(
+            spec,
+            scheme,
+            total_bytes=gpu.total_bytes,
+            weights_bytes=weights.total_bytes,
+            kv_element_bytes=element,
+            prompt_tokens=workload.prompt_tokens,
+            max_tokens=workload.max_tokens,
+            tp=workload.tp,
+            assumptions=HfAssumptions(
+                cuda_context_bytes=CPU_PROCESS_BYTES if gpu.kind == "cpu" else CUDA_CONTEXT_BYTES,
+                margin_fraction=margin,
+            ),
+        )
+
+    hf = budget(workload.margin_fraction)
+    zero = budget(0.0)
+    largest = min(
+        spec.max_positions, max_tokens_in_budget(spec, hf.kv_budget_bytes, element, workload.tp)
+    )
+    memory = MemoryTerms(
+        total_bytes=hf.total_bytes,
+        weights_bytes=hf.weights_bytes,
+        non_torch_bytes=hf.cuda_context_bytes,
+        activation_bytes=hf.activation_bytes,
+        allocator_reserve_bytes=hf.allocator_reserve_bytes,
+        margin_bytes=hf.margin_bytes,
+        kv_per_token_bytes=hf.kv_per_token_bytes,
+        kv_per_request_bytes=hf.kv_per_request_bytes,
+        kv_budget_bytes=hf.kv_budget_bytes,
+        kv_in_use_bytes=hf.kv_in_use_bytes,
+        free_bytes=hf.free_bytes,
+    )
+    return Capacity(
+        weights=weights,
+        kv_element_bytes=element,
+        hf=hf,
+        vllm=None,
+        concurrency=hf.max_concurrency,
+        zero_margin_concurrency=zero.max_concurrency,
+        largest_context=max(0, largest),
+        memory=memory,
+        roofline=roof,
+    )
+
+
+def _vllm_capacity(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    options: VllmOptions | None,
+    weights: WeightStorage,
+    element: int,
+    roof: Roofline,
+) -> Capacity:
+    options = options or VllmOptions()
+    default_tokens, default_seqs = default_scheduler_limits(gpu.total_bytes, gpu.name)
+    budget = vllm_budget(
+        spec,
+        scheme,
+        total_bytes=gpu.total_bytes,
+        weights_bytes=weights.total_bytes,
+        kv_element_bytes=element,
+        request_tokens=workload.request_tokens,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        max_model_len=options.max_model_len,
+        max_num_seqs=options.max_num_seqs or default_seqs,
+        max_num_batched_tokens=options.max_num_batched_tokens or default_tokens,
+        tp=workload.tp,
+    )
+    concurrency = budget.workload_concurrency if budget.starts else 0
+    per_request = kv_bytes_for_context(spec, workload.request_tokens, element, workload.tp)
+    kv_in_use = concurrency * budget.request_pages * budget.page_bytes
+    unrequested = budget.total_bytes - budget.requested_bytes
+    memory = MemoryTerms(
+        total_bytes=budget.total_bytes,
+        weights_bytes=budget.weights_bytes,
+        non_torch_bytes=budget.non_torch_bytes,
+        activation_bytes=budget.activation_bytes,
+        allocator_reserve_bytes=0,
+        margin_bytes=unrequested,
+        kv_per_token_bytes=budget.kv_per_token_bytes,
+        kv_per_request_bytes=per_request,
+        kv_budget_bytes=budget.kv_budget_bytes,
+        kv_in_use_bytes=kv_in_use,
+        free_bytes=max(0, budget.kv_budget_bytes) - kv_in_use,
+    )
+    return Capacity(
+        weights=weights,
+        kv_element_bytes=element,
+        hf=None,
+        vllm=budget,
+        concurrency=concurrency,
+        zero_margin_concurrency=concurrency,
+        largest_context=min(budget.kv_cache_tokens, budget.max_model_len),
+        memory=memory,
+        roofline=roof,
+    )
+
+
+def max_tokens_for_concurrency(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    target: int,
+    vllm_options: VllmOptions | None = None,
+) -> int | None:
+    """Largest max_tokens at which `target` requests of this prompt run at once (None: none)."""
+
+    def fits(max_tokens: int) -> bool:
+        trial = replace(workload, max_tokens=max_tokens)
+        return capacity(gpu, spec, scheme, trial, vllm_options).concurrency >= target
+
+    low, high = 0, max(0, spec.max_positions - workload.prompt_tokens)
+    if high < 1 or not fits(1):
+        return None
+    low = 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low

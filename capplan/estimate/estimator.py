@@ -1,0 +1,279 @@
+"""`estimate()`: put the parts together for one GPU, model and workload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from capplan.errors import InputError
+from capplan.estimate.architecture import ModelSpec, parameter_count, parameters_by_role
+from capplan.estimate.capacity import (
+    RUNTIMES,
+    Capacity,
+    VllmOptions,
+    capacity,
+    check_parallelism,
+    max_tokens_for_concurrency,
+)
+from capplan.estimate.gpu_spec import GpuSpec
+from capplan.estimate.kv_cache import resolve_kv_dtype
+from capplan.estimate.memory_hf import (
+    ALLOCATOR_RESERVE_FRACTION,
+    CPU_PROCESS_BYTES,
+    CUDA_CONTEXT_BYTES,
+    SAFETY_MARGIN_FRACTION,
+)
+from capplan.estimate.model_spec import ResolvedModel
+from capplan.estimate.quantization import QuantScheme
+from capplan.estimate.recommend import alternatives, server_settings, timing
+from capplan.estimate.result import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PROMPT_TOKENS,
+    SCHEMA_VERSION,
+    EstimateResult,
+    Workload,
+)
+from capplan.estimate.units import format_bytes
+
+DEFAULT_MARGIN = SAFETY_MARGIN_FRACTION
+# CPU inference: at most one worker per this many cores (each worker is a full model copy).
+CORES_PER_CPU_WORKER = 8
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    gpu: GpuSpec
+    model: ResolvedModel
+    prompt_tokens: int | None = None
+    max_tokens: int | None = None
+    runtime: str = "hf"
+    kv_dtype: str | None = None
+    gpus: int = 1
+    tp: int = 1
+    margin: float = DEFAULT_MARGIN
+    target_concurrency: int | None = None
+    clients: int = 1
+    vllm: VllmOptions = field(default_factory=VllmOptions)
+
+
+def _workload(request: EstimateRequest) -> Workload:
+    if request.runtime not in RUNTIMES:
+        raise InputError(f"unknown --runtime '{request.runtime}'; choose hf or vllm")
+    prompt = DEFAULT_PROMPT_TOKENS if request.prompt_tokens is None else request.prompt_tokens
+    output = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
+    if prompt < 1 or output < 1:
+        raise InputError("--prompt-tokens and --max-tokens must be at least 1")
+    if not 0 <= request.margin < 0.5:
+        raise InputError(f"--margin {request.margin} must be a fraction in [0, 0.5), e.g. 0.03")
+    if not 0 < request.vllm.gpu_memory_utilization <= 1:
+        raise InputError("--gpu-memory-utilization must be in (0, 1], e.g. 0.9")
+    if request.target_concurrency is not None and request.target_concurrency < 1:
+        raise InputError("--target-concurrency must be at least 1")
+    if request.clients < 1:
+        raise InputError("--clients must be at least 1")
+    spec = request.model.spec
+    check_parallelism(spec, request.gpus, request.tp)
+    if request.gpu.kind == "cpu" and (request.runtime != "hf" or request.gpus > 1):
+        raise InputError("--gpu cpu plans transformers on CPU: use --runtime hf and --gpus 1")
+    if prompt + output > spec.max_positions:
+        raise InputError(
+            f"--prompt-tokens + --max-tokens = {prompt + output} exceeds {spec.id}'s "
+            f"{spec.max_positions} positions; lower --max-tokens"
+        )
+    return Workload(
+        prompt_tokens=prompt,
+        max_tokens=output,
+        prompt_tokens_is_default=request.prompt_tokens is None,
+        max_tokens_is_default=request.max_tokens is None,
+        runtime=request.runtime,
+        kv_dtype=resolve_kv_dtype(request.kv_dtype, request.model.quant.name),
+        gpus=request.gpus,
+        tp=request.tp,
+        margin_fraction=request.margin,
+        target_concurrency=request.target_concurrency,
+        clients=request.clients,
+    )
+
+
+def estimate(request: EstimateRequest) -> EstimateResult:
+    """Memory, concurrency, timing and settings for one deployment."""
+    workload = _workload(request)
+    gpu, spec, scheme = request.gpu, request.model.spec, request.model.quant
+    if gpu.bandwidth_bytes_s <= 0:
+        raise InputError(f"no memory bandwidth known for {gpu.name}; add --bandwidth GB/s")
+    if gpu.kind == "cpu":
+        gpu, workload = _cpu_workers(gpu, spec, scheme, workload)
+    cap = capacity(gpu, spec, scheme, workload, request.vllm)
+    t = timing(cap, workload)
+    fits = cap.concurrency >= 1
+    target = None
+    if workload.target_concurrency is not None:
+        target = max_tokens_for_concurrency(
+            gpu, spec, scheme, workload, workload.target_concurrency, request.vllm
+        )
+    return EstimateResult(
+        schema_version=SCHEMA_VERSION,
+        gpu=gpu,
+        model=spec,
+        quant=scheme,
+        quant_source=request.model.quant_source,
+        params=parameter_count(spec),
+        params_by_role=parameters_by_role(spec),
+        weights=cap.weights,
+        workload=workload,
+        memory=cap.memory,
+        hf=cap.hf,
+        vllm=cap.vllm,
+        fits=fits,
+        verdict=_verdict(cap, workload),
+        concurrency=cap.concurrency,
+        total_concurrency=cap.concurrency * workload.replicas,
+        zero_margin_concurrency=cap.zero_margin_concurrency,
+        compute_bound_batch=cap.roofline.compute_bound_batch,
+        largest_context=cap.largest_context,
+        target_max_tokens=target,
+        timing=t,
+        settings=server_settings(cap, workload, t, cpu=gpu.kind == "cpu"),
+        alternatives=[] if fits else alternatives(gpu, spec, scheme, workload, request.vllm),
+        assumptions=_assumptions(workload, cap, request),
+        notes=_notes(cap, request),
+    )
+
+
+def _cpu_workers(
+    cpu: GpuSpec, spec: ModelSpec, scheme: QuantScheme, workload: Workload
+) -> tuple[GpuSpec, Workload]:
+    """CPU workers by cores and RAM: the most (up to one per 8 cores) whose own copy of the
+    weights still leaves room for a request. Each worker gets its share of RAM, bandwidth and
+    FLOPS, and is planned as one replica."""
+    most = max(1, cpu.cores // CORES_PER_CPU_WORKER)
+    for workers in range(most, 0, -1):
+        share = replace(
+            cpu,
+            total_bytes=cpu.total_bytes // workers,
+            bandwidth_bytes_s=cpu.bandwidth_bytes_s / workers,
+            tflops_fp16=cpu.tflops_fp16 / workers,
+        )
+        trial = replace(workload, gpus=workers, tp=1)
+        if workers == 1 or capacity(share, spec, scheme, trial).concurrency >= 1:
+            return share, trial
+    raise AssertionError("unreachable")
+
+
+def _verdict(cap: Capacity, w: Workload) -> str:
+    m = cap.memory
+    shape = f"{w.prompt_tokens}+{w.max_tokens} tokens"
+    per_gpu = " per replica" if w.replicas > 1 else ""
+    if m.weights_bytes + m.non_torch_bytes >= m.total_bytes:
+        return (
+            f"Does not fit: the weights alone ({format_bytes(m.weights_bytes)}) plus the CUDA "
+            f"context exceed the GPU's {format_bytes(m.total_bytes)}."
+        )
+    if cap.vllm is not None and cap.vllm.kv_cache_tokens == 0:
+        v = cap.vllm
+        return (
+            f"Does not fit: vLLM's share (total x {v.gpu_memory_utilization} = "
+            f"{format_bytes(v.requested_bytes)}) minus weights, profile activations and "
+            f"non-torch memory leaves nothing for the KV cache."
+        )
+    if cap.vllm is not None and not cap.vllm.starts:
+        return (
+            f"Does not fit: vLLM would refuse to start: its KV cache holds "
+            f"{cap.vllm.kv_cache_tokens} tokens, less than max_model_len "
+            f"{cap.vllm.max_model_len} (lower --max-model-len)."
+        )
+    if cap.concurrency < 1:
+        return (
+            f"Does not fit: {format_bytes(max(0, m.kv_budget_bytes))} is left for KV after "
+            f"weights, CUDA context, activations, allocator reserve and margin, but one request of "
+            f"{shape} needs {format_bytes(m.kv_per_request_bytes)}."
+        )
+    if cap.vllm is not None:
+        margin = f"inside vLLM's gpu_memory_utilization {cap.vllm.gpu_memory_utilization}"
+    else:
+        margin = (
+            f"with a {w.margin_fraction:.0%} safety margin; {cap.zero_margin_concurrency} with none"
+        )
+    noun = "request" if cap.concurrency == 1 else "requests"
+    return f"Fits: {cap.concurrency} concurrent {noun} of {shape}{per_gpu} ({margin})."
+
+
+def _assumptions(w: Workload, cap: Capacity, request: EstimateRequest) -> list[str]:
+    roof = cap.roofline
+    items = [
+        f"prompt {w.prompt_tokens} tokens"
+        + (" (default)" if w.prompt_tokens_is_default else "")
+        + f", max_tokens {w.max_tokens}"
+        + (" (default)" if w.max_tokens_is_default else "")
+        + "; every request is assumed to use all of max_tokens",
+        f"KV cache dtype {w.kv_dtype}"
+        + (" (auto: the compute dtype)" if request.kv_dtype in (None, "auto") else ""),
+    ]
+    if request.gpu.kind == "cpu":
+        threads = max(1, request.gpu.cores // w.replicas)
+        items += [
+            f"CPU inference: {w.replicas} worker(s), each with its own copy of the weights and "
+            f"{threads} torch threads (OMP_NUM_THREADS={threads}); process overhead "
+            f"{format_bytes(CPU_PROCESS_BYTES)} per worker; RAM, bandwidth and FLOPS split "
+            "evenly between workers",
+        ]
+    elif cap.hf is not None:
+        items += [
+            f"runtime hf (transformers generate): CUDA context and workspaces "
+            f"{format_bytes(CUDA_CONTEXT_BYTES)}, caching-allocator reserve "
+            f"{ALLOCATOR_RESERVE_FRACTION:.0%} of activations + KV, safety margin "
+            f"{w.margin_fraction:.0%} of total memory",
+            "activations: one prefill at a time; decode batched across in-flight requests "
+            "(max_batch = max_concurrent)",
+        ]
+    if cap.vllm is not None:
+        v = cap.vllm
+        items.append(
+            f"runtime vllm: gpu_memory_utilization {v.gpu_memory_utilization}, "
+            f"max_num_batched_tokens {v.max_num_batched_tokens}, max_num_seqs {v.max_num_seqs}, "
+            f"max_model_len {v.max_model_len}, block size 16, non-torch memory "
+            f"{format_bytes(v.non_torch_bytes)}; CUDA-graph memory not deducted"
+        )
+    items.append(
+        f"decode reads all weights once per step plus the batch's KV at "
+        f"{roof.bandwidth_efficiency:.0%} of {request.gpu.bandwidth_bytes_s / 1e9:.0f} GB/s; "
+        f"prefill ~2 x params FLOPs per token at {roof.compute_efficiency:.0%} of "
+        f"{request.gpu.tflops_fp16:g} TFLOPS"
+    )
+    if roof.decode_slowdown != 1.0:
+        items.append(
+            f"{request.model.quant.label} kernels: decode x{roof.decode_slowdown:g} slower and "
+            f"prefill x{roof.prefill_slowdown:g} slower than a 16-bit bandwidth-bound step"
+        )
+    if w.tp > 1:
+        items.append(f"tensor parallel {w.tp}: weights and KV heads split per rank; no comms time")
+    return items
+
+
+def _notes(cap: Capacity, request: EstimateRequest) -> list[str]:
+    spec, scheme, gpu = request.model.spec, request.model.quant, request.gpu
+    weights = cap.weights
+    notes = []
+    if weights.naive_bytes and weights.total_bytes > weights.naive_bytes * 1.02:
+        extra = weights.total_bytes / weights.naive_bytes - 1
+        notes.append(
+            f"params x {scheme.weight_bits / 8:g} byte = {format_bytes(weights.naive_bytes)} "
+            f"understates the weights by {extra:.0%}: {format_bytes(weights.unquantized_bytes)} "
+            f"stays 16-bit (embeddings, lm_head, norms) and scales/zeros add "
+            f"{format_bytes(weights.scale_bytes)}"
+        )
+    if spec.published_params is not None and spec.published_params != parameter_count(spec):
+        notes.append(
+            f"parameter count {parameter_count(spec):,} differs from the published "
+            f"{spec.published_params:,}"
+        )
+    if spec.has_sliding_window:
+        notes.append("sliding-window layers hold at most their window of KV")
+    if scheme.name == "bf16" and not gpu.bf16:
+        notes.append(f"{gpu.name} has no bf16: the model runs in fp16 (same bytes)")
+    if scheme.name == "fp8" and not gpu.fp8:
+        notes.append(f"{gpu.name} has no fp8 tensor cores: fp8 runs as weight-only dequantization")
+    for field_note in (*spec.check, *(f"GPU {c}" for c in gpu.check)):
+        notes.append(f"catalog value from a secondary source: {field_note}")
+    if gpu.detected_count > 1:
+        notes.append(f"NVML found {gpu.detected_count} such GPUs; pass --gpus to use them")
+    return notes

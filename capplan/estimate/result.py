@@ -1,0 +1,157 @@
+"""What `capplan estimate` returns: plain dataclasses, and their versioned JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from capplan.estimate.architecture import ModelSpec
+from capplan.estimate.gpu_spec import GpuSpec
+from capplan.estimate.memory_hf import HfBudget
+from capplan.estimate.memory_vllm import VllmBudget
+from capplan.estimate.quantization import QuantScheme, WeightStorage
+
+# Bump the minor version for added fields, the major one for renamed or removed fields.
+# Documented in docs/estimate-schema.md.
+SCHEMA_VERSION = "1.0"
+
+DEFAULT_PROMPT_TOKENS = 512
+DEFAULT_MAX_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The request shape and deployment the estimate is for."""
+
+    prompt_tokens: int
+    max_tokens: int
+    prompt_tokens_is_default: bool
+    max_tokens_is_default: bool
+    runtime: str
+    kv_dtype: str
+    gpus: int = 1
+    tp: int = 1
+    margin_fraction: float = 0.03
+    target_concurrency: int | None = None
+    clients: int = 1
+
+    @property
+    def replicas(self) -> int:
+        return self.gpus // self.tp
+
+    @property
+    def request_tokens(self) -> int:
+        return self.prompt_tokens + self.max_tokens
+
+
+@dataclass(frozen=True)
+class MemoryTerms:
+    """Every memory term on one GPU (one rank), the same names for both runtimes."""
+
+    total_bytes: int
+    weights_bytes: int
+    non_torch_bytes: int  # CUDA context, cuBLAS workspaces (and NCCL under tp)
+    activation_bytes: int
+    allocator_reserve_bytes: int
+    margin_bytes: int
+    kv_per_token_bytes: int
+    kv_per_request_bytes: int
+    kv_budget_bytes: int
+    kv_in_use_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Roofline predictions for one replica."""
+
+    prefill_ms: float
+    decode_ms_per_token_c1: float
+    decode_ms_per_token_at_concurrency: float
+    concurrency: int
+    output_tokens_per_s_c1: float
+    output_tokens_per_s_at_concurrency: float  # all sequences of the replica together
+    request_s_c1: float
+    request_s_at_concurrency: float
+    requests_per_min: float  # all replicas
+    bandwidth_efficiency: float
+    compute_efficiency: float
+    decode_slowdown: float
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The keys `capplan serve` reads (architecture.md, "server settings")."""
+
+    max_concurrent: int
+    queue_size: int
+    queue_timeout_s: int
+    request_timeout_s: int
+    max_tokens_cap: int
+    max_context: int
+    rate_limit: str
+    vram_guard: float
+    max_batch: int
+    batch_wait_ms: int
+    workers: int
+    threads: int
+    drain_timeout_s: int
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One change that would make the deployment fit, with its numbers."""
+
+    kind: str  # quantization | max_tokens | gpu | gpus
+    change: str  # e.g. "--quant nf4"
+    concurrency: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class EstimateResult:
+    schema_version: str
+    gpu: GpuSpec
+    model: ModelSpec
+    quant: QuantScheme
+    quant_source: str
+    params: int
+    params_by_role: dict[str, int]
+    weights: WeightStorage
+    workload: Workload
+    memory: MemoryTerms
+    hf: HfBudget | None
+    vllm: VllmBudget | None
+    fits: bool
+    verdict: str
+    concurrency: int  # safe, per replica
+    total_concurrency: int  # all replicas
+    zero_margin_concurrency: int  # per replica, with no safety margin
+    compute_bound_batch: (
+        int  # decode turns compute bound past this batch; the cap on max_concurrent
+    )
+    largest_context: int  # single request, tokens, prompt + output
+    target_max_tokens: int | None  # the max_tokens that allows --target-concurrency
+    timing: Timing
+    settings: ServerSettings
+    alternatives: list[Alternative] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def as_dict(result: EstimateResult) -> dict[str, Any]:
+    """The documented JSON form (docs/estimate-schema.md)."""
+    data = dataclasses.asdict(result)
+    # Per-layer windows only matter for windowed models; [] means full attention everywhere.
+    windows = result.model.layer_windows
+    data["model"]["layer_windows"] = list(windows) if result.model.has_sliding_window else []
+    data["workload"]["replicas"] = result.workload.replicas
+    data["workload"]["request_tokens"] = result.workload.request_tokens
+    if result.vllm is not None:
+        data["vllm"]["max_concurrency_full_length"] = round(
+            result.vllm.max_concurrency_full_length, 2
+        )
+        data["vllm"]["workload_concurrency"] = result.vllm.workload_concurrency
+        data["vllm"]["starts"] = result.vllm.starts
+    return data

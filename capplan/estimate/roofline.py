@@ -1,0 +1,103 @@
+"""Roofline timing: decode reads every weight once per step plus the batch's KV (bandwidth
+bound); prefill does ~2 x params FLOPs per token plus attention (compute bound)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from capplan.estimate.architecture import LINEAR, ModelSpec, tensor_groups
+
+# Real kernels reach about 80% of datasheet bandwidth and well under peak FLOPS.
+BANDWIDTH_EFFICIENCY = 0.8
+COMPUTE_EFFICIENCY = 0.5
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Timing model for one rank of one replica; all figures per rank."""
+
+    weights_bytes: int  # weights read once per decode step
+    matmul_params: int  # params that do 2 FLOPs per token in prefill (decoder Linears)
+    attention_width: int  # layers x heads x head_dim (per rank) for the T^2 attention term
+    kv_bytes_per_token: int
+    bandwidth_bytes_s: float
+    tflops: float
+    decode_slowdown: float = 1.0
+    prefill_slowdown: float = 1.0
+    bandwidth_efficiency: float = BANDWIDTH_EFFICIENCY
+    compute_efficiency: float = COMPUTE_EFFICIENCY
+
+    @property
+    def effective_bandwidth(self) -> float:
+        return self.bandwidth_bytes_s * self.bandwidth_efficiency
+
+    @property
+    def decode_step_base_ms(self) -> float:
+        """One decode step with an empty cache: all weights read once (x kernel slowdown)."""
+        if self.effective_bandwidth <= 0:
+            return 0.0
+        return self.weights_bytes * self.decode_slowdown / self.effective_bandwidth * 1e3
+
+    @property
+    def decode_ms_per_kv_token(self) -> float:
+        """Extra ms per step for each KV token held by the batch (read once per step)."""
+        if self.effective_bandwidth <= 0:
+            return 0.0
+        return self.kv_bytes_per_token / self.effective_bandwidth * 1e3
+
+    @property
+    def decode_compute_ms_per_sequence(self) -> float:
+        """Compute time one sequence adds to a decode step (2 x params FLOPs per token)."""
+        return self.prefill_ms_per_token
+
+    def decode_step_ms(self, total_kv_tokens: int, batch: int = 1) -> float:
+        """One decode step: memory traffic, or the batch's matmul FLOPs once they dominate."""
+        memory = self.decode_step_base_ms + total_kv_tokens * self.decode_ms_per_kv_token
+        return max(memory, batch * self.decode_compute_ms_per_sequence)
+
+    @property
+    def compute_bound_batch(self) -> int:
+        """Batch size past which a decode step is compute bound: more concurrency then adds
+        latency but no throughput."""
+        per_sequence = self.decode_compute_ms_per_sequence
+        if per_sequence <= 0:
+            return 1 << 30
+        return max(1, math.ceil(self.decode_step_base_ms / per_sequence))
+
+    @property
+    def prefill_ms_per_token(self) -> float:
+        flops = 2 * self.matmul_params
+        return flops / (self.tflops * 1e12 * self.compute_efficiency) * 1e3 * self.prefill_slowdown
+
+    def prefill_ms(self, tokens: int) -> float:
+        """Prefill of one prompt: compute for matmuls and causal attention, never faster than
+        one read of the weights."""
+        attention_flops = 2 * self.attention_width * tokens * tokens  # QK^T and PV, causal half
+        compute_ms = (
+            tokens * self.prefill_ms_per_token
+            + attention_flops
+            / (self.tflops * 1e12 * self.compute_efficiency)
+            * 1e3
+            * self.prefill_slowdown
+        )
+        return max(compute_ms, self.decode_step_base_ms)
+
+    def request_ms(self, prompt_tokens: int, max_tokens: int, concurrency: int) -> float:
+        """Worst-case service time: prefill, then max_tokens decode steps while `concurrency`
+        sequences of the same shape share each step (their KV read every step)."""
+        decode = 0.0
+        steps = max(max_tokens, 0)
+        if steps:
+            mean_context = prompt_tokens + (steps - 1) / 2
+            decode = steps * self.decode_step_ms(int(concurrency * mean_context), concurrency)
+        return self.prefill_ms(prompt_tokens) + decode
+
+
+def matmul_params(spec: ModelSpec) -> int:
+    """Decoder Linear params: the ones every prompt token multiplies through."""
+    return sum(g.numel for g in tensor_groups(spec) if g.role == LINEAR)
+
+
+def attention_width(spec: ModelSpec) -> int:
+    return spec.layers * spec.heads * spec.head_dim

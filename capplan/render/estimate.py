@@ -1,0 +1,295 @@
+"""Render an `EstimateResult` as a rich table, Markdown or versioned JSON.
+
+Table and Markdown share one list of sections, so both always show the same terms.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+from capplan.estimate.result import EstimateResult, ServerSettings, as_dict
+from capplan.estimate.units import format_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    value: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    rows: list[Row]
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+
+def _s(value: float) -> str:
+    return f"{value:,.1f} s"
+
+
+def header_lines(r: EstimateResult) -> list[str]:
+    w = r.workload
+    model = r.model.hf_id or r.model.source
+    deploy = f"{w.gpus} GPU" + ("s" if w.gpus > 1 else "")
+    if w.tp > 1 or w.gpus > 1:
+        deploy += f", tp {w.tp}, {w.replicas} replica" + ("s" if w.replicas > 1 else "")
+    if r.gpu.kind == "cpu":
+        deploy = f"{w.replicas} worker" + ("s" if w.replicas > 1 else "") + " (figures per worker)"
+    return [
+        f"model    {r.model.id} ({model}), {r.params:,} params, {r.quant.label} [{r.quant_source}]",
+        f"gpu      {r.gpu.name} ({format_bytes(r.gpu.total_bytes)}, "
+        f"{r.gpu.bandwidth_bytes_s / 1e9:.0f} GB/s, {r.gpu.tflops_fp16:g} TFLOPS) x {deploy}",
+        f"workload prompt {w.prompt_tokens}{' (default)' if w.prompt_tokens_is_default else ''}"
+        f" + max_tokens {w.max_tokens}{' (default)' if w.max_tokens_is_default else ''} tokens"
+        f", runtime {w.runtime}, KV {w.kv_dtype}",
+    ]
+
+
+def _memory_section(r: EstimateResult) -> Section:
+    m, w, wt = r.memory, r.workload, r.weights
+    per = " per GPU" if w.tp > 1 else ""
+    total_row = Row("GPU memory (total)", format_bytes(m.total_bytes), "what CUDA reports" + per)
+    if r.gpu.kind == "cpu":
+        total_row = Row("RAM", format_bytes(m.total_bytes), "this worker's share")
+    rows = [
+        total_row,
+        Row(
+            "weights",
+            format_bytes(m.weights_bytes),
+            f"{r.quant.rule}",
+        ),
+        Row(
+            "  quantized data",
+            format_bytes(wt.quantized_data_bytes),
+            f"{wt.quantized_params:,} Linear params" if r.quant.quantizes_linears else "",
+        ),
+        Row("  scales / zeros", format_bytes(wt.scale_bytes)),
+        Row(
+            "  kept 16-bit" if r.quant.quantizes_linears else "  dense",
+            format_bytes(wt.unquantized_bytes),
+            f"{wt.unquantized_params:,} params",
+        ),
+        Row(
+            "process (python, torch)" if r.gpu.kind == "cpu" else "CUDA context + workspaces",
+            format_bytes(m.non_torch_bytes),
+            "per worker" if r.gpu.kind == "cpu" else "not in memory_allocated",
+        ),
+    ]
+    if r.vllm is not None:
+        v = r.vllm
+        rows += [
+            Row(
+                "profile activations",
+                format_bytes(m.activation_bytes),
+                f"forward of max_num_batched_tokens={v.max_num_batched_tokens}",
+            ),
+            Row(
+                "outside vLLM's share",
+                format_bytes(m.margin_bytes),
+                f"total x (1 - gpu_memory_utilization {v.gpu_memory_utilization})",
+            ),
+        ]
+    else:
+        rows += [
+            Row(
+                "prefill activations",
+                format_bytes(m.activation_bytes),
+                f"one prompt of {w.prompt_tokens} tokens",
+            ),
+            Row("allocator reserve", format_bytes(m.allocator_reserve_bytes), "10% of act. + KV"),
+            Row("safety margin", format_bytes(m.margin_bytes), f"{w.margin_fraction:.0%} of total"),
+        ]
+    rows += [
+        Row("KV per token", format_bytes(m.kv_per_token_bytes), _kv_formula(r)),
+        Row(
+            "KV per request",
+            format_bytes(m.kv_per_request_bytes),
+            f"{w.request_tokens} tokens (prompt + max_tokens)",
+        ),
+        Row("left for KV", format_bytes(max(0, m.kv_budget_bytes)), ""),
+        Row(
+            f"KV in use at {r.concurrency} concurrent",
+            format_bytes(m.kv_in_use_bytes),
+            "",
+        ),
+        Row("free", format_bytes(m.free_bytes), "unused at the recommended concurrency"),
+    ]
+    unit = " per worker" if r.gpu.kind == "cpu" else " per GPU"
+    return Section("Memory" + (unit if w.gpus > 1 else ""), rows)
+
+
+def _kv_formula(r: EstimateResult) -> str:
+    s = r.model
+    heads = s.kv_heads // r.workload.tp if r.workload.tp > 1 else s.kv_heads
+    element = 4 if r.workload.kv_dtype == "fp32" else 1 if r.workload.kv_dtype == "fp8" else 2
+    return f"2 x {s.layers} layers x {heads} kv heads x {s.head_dim} head_dim x {element} B"
+
+
+def _vllm_section(r: EstimateResult) -> Section | None:
+    v = r.vllm
+    if v is None:
+        return None
+    return Section(
+        "vLLM",
+        [
+            Row("GPU KV cache size", f"{v.kv_cache_tokens:,} tokens", "as vLLM logs it"),
+            Row(
+                f"Maximum concurrency for {v.max_model_len:,} tokens per request",
+                f"{v.max_concurrency_full_length:.2f}x",
+                "as vLLM logs it (every request at max_model_len)",
+            ),
+            Row(
+                f"concurrency for {v.request_tokens} tokens per request",
+                str(v.workload_concurrency),
+                f"16-token pages; capped by max_num_seqs {v.max_num_seqs}",
+            ),
+            Row("starts", "yes" if v.starts else "no", "KV cache must hold one max_model_len"),
+        ],
+    )
+
+
+def _capacity_section(r: EstimateResult) -> Section:
+    w = r.workload
+    rows = [
+        Row("safe concurrency", str(r.concurrency), "per replica" if w.replicas > 1 else ""),
+    ]
+    if r.hf is not None:
+        rows.append(Row("with no margin", str(r.zero_margin_concurrency), "the absolute ceiling"))
+    if w.replicas > 1:
+        rows.append(Row("total concurrency", str(r.total_concurrency), f"{w.replicas} replicas"))
+    rows.append(
+        Row(
+            "compute-bound past",
+            f"{r.compute_bound_batch:,} requests",
+            "more adds latency, not throughput; caps max_concurrent",
+        )
+    )
+    rows.append(Row("largest single request", f"{r.largest_context:,} tokens", "prompt + output"))
+    if w.target_concurrency is not None:
+        value = "none" if r.target_max_tokens is None else str(r.target_max_tokens)
+        rows.append(
+            Row(
+                f"max_tokens for {w.target_concurrency} concurrent",
+                value,
+                f"with prompt {w.prompt_tokens}",
+            )
+        )
+    return Section("Capacity", rows)
+
+
+def _timing_section(r: EstimateResult) -> Section:
+    t, w = r.timing, r.workload
+    hypothetical = "" if r.fits else " (if it fit)"
+    rows = [
+        Row("prefill", _ms(t.prefill_ms), f"{w.prompt_tokens}-token prompt"),
+        Row(
+            "decode at 1 request",
+            f"{t.decode_ms_per_token_c1:.1f} ms/token",
+            f"{t.output_tokens_per_s_c1:.1f} tokens/s",
+        ),
+        Row("one request, alone", _s(t.request_s_c1), f"prefill + {w.max_tokens} tokens"),
+    ]
+    if t.concurrency > 1:
+        rows += [
+            Row(
+                f"decode at {t.concurrency} requests",
+                f"{t.decode_ms_per_token_at_concurrency:.1f} ms/step",
+                f"{t.output_tokens_per_s_at_concurrency:.1f} tokens/s together",
+            ),
+            Row(f"one request at {t.concurrency}", _s(t.request_s_at_concurrency), ""),
+        ]
+    rows.append(Row("throughput", f"{t.requests_per_min:.1f} requests/min", "all replicas"))
+    return Section("Timing (roofline)" + hypothetical, rows)
+
+
+_SETTING_NOTES = {
+    "max_concurrent": "memory-safe, at most the compute-bound batch",
+    "queue_size": "two rounds; 503 when full",
+    "queue_timeout_s": "two service times",
+    "request_timeout_s": "1.5 x service time at max_concurrent",
+    "max_tokens_cap": "planned max_tokens",
+    "max_context": "prompt + max_tokens planned per request",
+    "rate_limit": "per client: a minute's share, half of it per hour",
+    "vram_guard": "refuse new work above this fraction",
+    "max_batch": "decode batch",
+    "batch_wait_ms": "half a decode step",
+    "workers": "each loads its own weights: 1 per GPU; CPU by cores and RAM",
+    "threads": "one per in-flight generate + 1",
+    "drain_timeout_s": "finish in-flight requests on shutdown",
+}
+
+
+def _settings_section(settings: ServerSettings) -> Section:
+    rows = [
+        Row(f.name, str(getattr(settings, f.name)), _SETTING_NOTES.get(f.name, ""))
+        for f in fields(settings)
+    ]
+    return Section("Recommended server settings (capplan serve / --emit)", rows)
+
+
+def sections(r: EstimateResult) -> list[Section]:
+    """Every section of the report, in order."""
+    found = [_memory_section(r), _vllm_section(r), _capacity_section(r), _timing_section(r)]
+    if r.fits:
+        found.append(_settings_section(r.settings))
+    if r.alternatives:
+        found.append(
+            Section(
+                "What would fit",
+                [Row(a.change, f"{a.concurrency} concurrent", a.detail) for a in r.alternatives],
+            )
+        )
+    return [s for s in found if s is not None]
+
+
+def to_json(r: EstimateResult) -> str:
+    return json.dumps(as_dict(r), indent=2)
+
+
+def to_markdown(r: EstimateResult) -> str:
+    lines = [f"# capplan estimate: {r.model.id} on {r.gpu.name}", ""]
+    lines += [f"**{r.verdict}**", ""]
+    lines += [f"- {line}" for line in header_lines(r)]
+    for section in sections(r):
+        lines += ["", f"## {section.title}", "", "| term | value | note |", "|---|---|---|"]
+        lines += [f"| {row.label} | {row.value} | {row.note} |" for row in section.rows]
+    lines += ["", "## Assumptions", ""] + [f"- {a}" for a in r.assumptions]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(r: EstimateResult, console: Console) -> None:
+    from rich.table import Table
+
+    style = "bold green" if r.fits else "bold red"
+    console.print(r.verdict, style=style, highlight=False)
+    for line in header_lines(r):
+        console.print(line, highlight=False)
+    for section in sections(r):
+        table = Table(title=section.title, title_justify="left", show_header=False, box=None)
+        table.add_column("term", style="bold")
+        table.add_column("value", justify="right")
+        table.add_column("note", style="dim")
+        for row in section.rows:
+            table.add_row(row.label, row.value, row.note)
+        console.print()
+        console.print(table)
+    console.print()
+    console.print("Assumptions", style="bold")
+    for item in r.assumptions:
+        console.print(f"  - {item}", highlight=False)
+    if r.notes:
+        console.print("Notes", style="bold")
+        for item in r.notes:
+            console.print(f"  - {item}", highlight=False)

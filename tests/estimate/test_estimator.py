@@ -1,0 +1,166 @@
+"""The estimate end to end: the seed deployment, budgets, recommendations, alternatives."""
+
+from __future__ import annotations
+
+import pytest
+
+from capplan.errors import InputError
+from capplan.estimate.capacity import VllmOptions
+from capplan.estimate.estimator import EstimateRequest, estimate
+from capplan.estimate.gpu_spec import resolve_gpu
+from capplan.estimate.model_spec import resolve_model
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+def run(gpu: str = "rtx3080", model: str = "qwen3-8b-int8", **options) -> object:
+    return estimate(EstimateRequest(gpu=resolve_gpu(gpu), model=resolve_model(model), **options))
+
+
+def test_seed_model_takes_8_8_gib_not_7_gb() -> None:
+    r = run(prompt_tokens=512, max_tokens=512)
+    assert r.weights.total_bytes / GIB == pytest.approx(8.79, abs=0.02)
+    assert r.weights.total_bytes > 7e9 * 1.2
+
+
+def test_seed_request_holds_144_mib_of_kv_not_half_a_gigabyte() -> None:
+    r = run(prompt_tokens=512, max_tokens=512)
+    assert r.memory.kv_per_token_bytes == 144 * 1024
+    assert r.memory.kv_per_request_bytes == 1024 * 144 * 1024
+
+
+def test_seed_three_concurrent_is_the_zero_margin_ceiling_and_one_is_safe() -> None:
+    r = run(prompt_tokens=512, max_tokens=512)
+    assert r.fits
+    assert r.concurrency == 1
+    assert r.zero_margin_concurrency == 3
+    assert r.settings.max_concurrent == 1 and r.settings.max_tokens_cap == 512
+
+
+def test_every_hf_term_adds_up_to_total_memory() -> None:
+    m = run(prompt_tokens=512, max_tokens=512).memory
+    used = (
+        m.weights_bytes
+        + m.non_torch_bytes
+        + m.activation_bytes
+        + m.allocator_reserve_bytes
+        + m.margin_bytes
+        + m.kv_in_use_bytes
+    )
+    assert used + m.free_bytes == m.total_bytes
+    assert m.free_bytes >= 0
+
+
+def test_target_concurrency_answers_the_max_tokens_that_allows_it() -> None:
+    r = run(prompt_tokens=512, max_tokens=512, target_concurrency=2)
+    m = r.target_max_tokens
+    assert m is not None and 0 < m < 512
+    assert run(prompt_tokens=512, max_tokens=m).concurrency >= 2
+    assert run(prompt_tokens=512, max_tokens=m + 1).concurrency < 2
+
+
+def test_seed_three_concurrent_needs_no_margin_and_shorter_outputs() -> None:
+    assert run(prompt_tokens=512, max_tokens=512, target_concurrency=3).target_max_tokens is None
+    r = run(prompt_tokens=512, max_tokens=512, target_concurrency=3, margin=0.0)
+    assert r.target_max_tokens is not None and r.target_max_tokens >= 512
+
+
+def test_does_not_fit_says_so_and_offers_alternatives_with_numbers() -> None:
+    r = run(model="qwen3-8b")  # bf16 on a 10 GB card
+    assert not r.fits
+    assert r.verdict.startswith("Does not fit")
+    kinds = {a.kind for a in r.alternatives}
+    assert {"quantization", "gpu", "gpus"} <= kinds
+    assert all(a.concurrency >= 1 for a in r.alternatives)
+    gpu_choice = next(a for a in r.alternatives if a.kind == "gpu").change.split()[-1]
+    assert run(gpu=gpu_choice, model="qwen3-8b").fits
+    quant_choice = next(a for a in r.alternatives if a.kind == "quantization").change
+    assert run(model=quant_choice.split()[-1]).fits
+
+
+def test_vllm_budget_reports_what_vllm_logs() -> None:
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm")
+    v = r.vllm
+    assert v is not None and v.starts is False  # 40960 tokens need 5.6 GiB; there is less
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=VllmOptions(max_model_len=8192))
+    v = r.vllm
+    assert v.kv_cache_tokens % 16 == 0
+    budget = int(23.69 * GIB * 0.9) - r.weights.total_bytes - v.activation_bytes - v.non_torch_bytes
+    assert v.kv_cache_tokens == budget // (16 * 144 * 1024) * 16
+    assert v.max_concurrency_full_length == pytest.approx(v.kv_cache_tokens / 8192)
+    assert r.concurrency == min(v.max_num_seqs, v.kv_cache_tokens // 1024)
+
+
+def test_tensor_parallel_and_replicas_multiply_capacity() -> None:
+    one = run(gpu="a100-80", model="llama-3.1-70b-fp8")
+    four = run(gpu="a100-80", model="llama-3.1-70b-fp8", gpus=4, tp=2)
+    assert four.workload.replicas == 2
+    assert four.weights.total_bytes == pytest.approx(one.weights.total_bytes / 2, rel=1e-6)
+    assert four.total_concurrency == 2 * four.concurrency > one.concurrency
+
+
+def test_sliding_window_caps_kv_per_request() -> None:
+    short = run(gpu="a100-80", model="mistral-7b", prompt_tokens=2000, max_tokens=1000)
+    long = run(gpu="a100-80", model="mistral-7b", prompt_tokens=20000, max_tokens=1000)
+    assert long.memory.kv_per_request_bytes == 32 * 4095 * 2 * 8 * 128 * 2
+    assert short.memory.kv_per_request_bytes == 32 * 3000 * 2 * 8 * 128 * 2
+
+
+def test_roofline_int8_decode_is_slower_and_concurrency_raises_throughput() -> None:
+    int8 = run(gpu="rtx3090", model="qwen3-8b-int8").timing
+    awq = run(gpu="rtx3090", model="qwen3-8b-awq").timing
+    assert int8.decode_ms_per_token_c1 > 2 * awq.decode_ms_per_token_c1
+    assert awq.output_tokens_per_s_at_concurrency > awq.output_tokens_per_s_c1
+
+
+def test_defaults_are_stated() -> None:
+    r = run()
+    assert r.workload.prompt_tokens_is_default and r.workload.max_tokens_is_default
+    assert any("(default)" in a for a in r.assumptions)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"runtime": "trt"}, "choose hf or vllm"),
+        ({"tp": 3, "gpus": 3}, "must divide"),
+        ({"gpus": 3, "tp": 2}, "multiple of --tp"),
+        ({"max_tokens": 50000}, "exceeds"),
+        ({"margin": 0.9}, "--margin"),
+    ],
+)
+def test_bad_options_raise_one_line_input_errors(options: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        run(**options)
+    assert "\n" not in str(info.value)
+
+
+def test_cpu_inference_plans_workers_by_cores_and_ram() -> None:
+    cpu = resolve_gpu("cpu", vram="64GiB", cores=16)
+    r = estimate(EstimateRequest(gpu=cpu, model=resolve_model("qwen3-4b")))
+    assert r.settings.workers == r.workload.replicas == 2  # one per 8 cores, both fit in RAM
+    assert r.memory.total_bytes == 32 * GIB  # each worker's share
+    small = resolve_gpu("cpu", vram="12GiB", cores=16)
+    assert (
+        estimate(EstimateRequest(gpu=small, model=resolve_model("qwen3-4b"))).settings.workers == 1
+    )
+
+
+def test_max_concurrent_stops_where_decode_turns_compute_bound() -> None:
+    r = run(gpu="h200", model="qwen3-4b-awq")
+    assert r.concurrency > r.compute_bound_batch
+    assert r.settings.max_concurrent == r.compute_bound_batch
+    seed = run()
+    assert seed.settings.max_concurrent == seed.concurrency < seed.compute_bound_batch
+
+
+def test_cpu_runtime_must_be_hf() -> None:
+    with pytest.raises(InputError, match="--runtime hf"):
+        estimate(
+            EstimateRequest(
+                gpu=resolve_gpu("cpu", vram="64GiB", cores=8),
+                model=resolve_model("qwen3-4b"),
+                runtime="vllm",
+            )
+        )
