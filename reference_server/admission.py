@@ -1,0 +1,153 @@
+"""The concurrency gate with a bounded FIFO wait queue.
+
+At most `max_concurrent` requests hold a slot; up to `queue_size` more wait, first come first
+served, each at most `queue_timeout_s`. Anything beyond is refused at once with a Retry-After
+estimated from recent service times, so a client backs off for about as long as the queue needs
+to drain instead of hammering the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class Rejected(Exception):
+    """A request the gate will not run. `status` and `retry_after_s` go into the answer."""
+
+    reason = "rejected"
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(Rejected):
+    reason = "queue_full"
+
+
+class QueueTimeout(Rejected):
+    reason = "queue_timeout"
+
+
+class Draining(Rejected):
+    reason = "draining"
+
+
+@dataclass
+class GateStats:
+    running: int
+    queued: int
+    max_concurrent: int
+    queue_size: int
+    queue_timeout_s: float
+
+
+class AdmissionGate:
+    """Slots and a wait queue on one event loop. `acquire()` returns the seconds spent waiting;
+    every successful `acquire()` must be paired with one `release()`."""
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        queue_size: int,
+        queue_timeout_s: float,
+        on_change: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.on_change = on_change  # called with (running, queued) after every change
+        self.max_concurrent = max_concurrent
+        self.queue_size = queue_size
+        self.queue_timeout_s = queue_timeout_s
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._service_s = 1.0  # moving average of slot hold time, seeds Retry-After
+        self.draining = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def stats(self) -> GateStats:
+        return GateStats(
+            self.running, self.queued, self.max_concurrent, self.queue_size, self.queue_timeout_s
+        )
+
+    def retry_after_s(self) -> int:
+        """Seconds until a slot is likely free for a newcomer: the queue ahead drains at
+        `max_concurrent` per service time."""
+        ahead = self.queued + 1
+        estimate = self._service_s * ahead / self.max_concurrent
+        return max(1, min(120, math.ceil(estimate)))
+
+    async def acquire(self) -> float:
+        if self.draining:
+            raise Draining("server is shutting down", retry_after_s=self.retry_after_s())
+        if self.running < self.max_concurrent and not self._waiters:
+            self.running += 1
+            self._changed()
+            return 0.0
+        if len(self._waiters) >= self.queue_size:
+            raise QueueFull(
+                f"server busy: {self.running} running, {self.queued} queued (queue full)",
+                retry_after_s=self.retry_after_s(),
+            )
+        start = time.monotonic()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._changed()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=self.queue_timeout_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was handed over just as we gave up: pass it on.
+                self.release()
+            else:
+                waiter.cancel()
+                self._remove(waiter)
+                self._changed()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise QueueTimeout(
+                    f"waited {self.queue_timeout_s:g} s in the queue without a free slot",
+                    retry_after_s=self.retry_after_s(),
+                ) from None
+            raise
+        self._changed()
+        return time.monotonic() - start
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.running, len(self._waiters))
+
+    def _remove(self, waiter: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def release(self, held_s: float | None = None) -> None:
+        """Free a slot (handing it straight to the oldest waiter, if any)."""
+        if held_s is not None:
+            self._service_s = 0.8 * self._service_s + 0.2 * max(held_s, 0.001)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; `running` stays the same
+                self._changed()
+                return
+        self.running -= 1
+        self._changed()
+
+
+class OpenGate(AdmissionGate):
+    """Admits everything at once and counts nothing: the baseline the gate's cost is measured
+    against. Never used to serve."""
+
+    async def acquire(self) -> float:
+        return 0.0
+
+    def release(self, held_s: float | None = None) -> None:
+        return None

@@ -1,0 +1,144 @@
+"""One admitted request's generation: its slot, its deadline, its metrics.
+
+`GenerationRun` pulls events from the backend under the request timeout, turns a CUDA or emulated
+out-of-memory into a 503 and a timeout into a 504, and on `close()` frees the slot first (so a
+dropped client can never keep `running` up) and then stops the backend's iterator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from reference_server.admission import AdmissionGate
+from reference_server.backend import Finished, GenerationEvent, TokenDelta
+from reference_server.metrics import ServerMetrics
+from reference_server.vram import free_cache, is_out_of_memory
+
+
+class ApiError(Exception):
+    """An answer other than success: status, OpenAI-style error type, and the outcome counted."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        reason: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+        self.type_ = type_
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+class GenerationRun:
+    def __init__(
+        self,
+        *,
+        events: AsyncIterator[GenerationEvent],
+        gate: AdmissionGate,
+        metrics: ServerMetrics,
+        cuda: Any,
+        arrival: float,
+        admitted: float,
+        timeout_s: float,
+        outcomes: dict[str, int],
+    ) -> None:
+        self._events = events
+        self._gate = gate
+        self._metrics = metrics
+        self._cuda = cuda
+        self._outcomes = outcomes
+        self.arrival = arrival
+        self.admitted = admitted
+        self.deadline = admitted + timeout_s
+        self.timeout_s = timeout_s
+        self.first_token_at: float | None = None
+        self.completion_tokens = 0
+        self.finished: Finished | None = None
+        self.first_text = ""  # text of the event `prime()` pulled
+        self._closed = False
+
+    async def prime(self) -> None:
+        """Pull the first event, so failures before the first token get their own status."""
+        event = await self.next_event()
+        if isinstance(event, TokenDelta):
+            self.first_text = event.text
+
+    async def next_event(self) -> GenerationEvent | None:
+        """The next event, or None after Finished. Raises ApiError on timeout or OOM."""
+        if self.finished is not None:
+            return None
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            event = await asyncio.wait_for(self._events.__anext__(), remaining)
+        except asyncio.TimeoutError:
+            # wait_for cancelled the backend's step: its generation has stopped.
+            raise ApiError(
+                504,
+                f"request timed out after {self.timeout_s:g} s; generation stopped",
+                reason="timeout",
+                type_="timeout",
+            ) from None
+        except StopAsyncIteration:
+            raise ApiError(
+                500, "backend ended without finishing", reason="error", type_="server_error"
+            ) from None
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                free_cache(self._cuda)
+                raise ApiError(
+                    503,
+                    f"out of memory during generation: {exc}",
+                    reason="out_of_memory",
+                    type_="server_overloaded",
+                    retry_after_s=self._gate.retry_after_s(),
+                ) from None
+            raise
+        now = time.monotonic()
+        if isinstance(event, TokenDelta):
+            if self.first_token_at is None and event.n_tokens > 0:
+                self.first_token_at = now
+                self._metrics.ttft.labels(self._metrics.model_name).observe(now - self.arrival)
+            self.completion_tokens += event.n_tokens
+        else:
+            self.finished = event
+        return event
+
+    async def close(self, outcome: str) -> None:
+        """Free the slot, record the outcome, stop the backend. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        now = time.monotonic()
+        self._gate.release(held_s=now - self.admitted)
+        self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        m, name = self._metrics, self._metrics.model_name
+        if outcome == "ok" and self.finished is not None:
+            m.e2e.labels(name).observe(now - self.arrival)
+            m.success.labels(name, self.finished.finish_reason).inc()
+            m.request_prompt_tokens.labels(name).observe(self.finished.prompt_tokens)
+            m.request_generation_tokens.labels(name).observe(self.finished.completion_tokens)
+        elif outcome != "ok":
+            m.reject(outcome)
+        m.generation_tokens.labels(name).inc(self.completion_tokens)
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            # Shielded: we may be running inside a cancelled scope (the client went away).
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await aclose()

@@ -1,0 +1,169 @@
+"""Build the backend and the app from a ServerConfig, and run them under uvicorn or gunicorn.
+
+SIGTERM: uvicorn stops accepting connections at once, /ready turns 503, in-flight requests
+(queued ones included) finish within `drain_timeout_s`, then the backend closes. Under
+gunicorn the master forwards SIGTERM to each worker and waits `graceful_timeout`
+(= `drain_timeout_s`) before killing them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from reference_server.config import ServerConfig
+
+CONFIG_ENV = "CAPPLAN_SERVER_CONFIG_JSON"  # the resolved config, handed to gunicorn workers
+DEFAULT_EMULATED_TTFT_MS = 50.0
+DEFAULT_EMULATED_TPOT_MS = 10.0
+
+
+def build_backend(config: ServerConfig) -> Any:
+    """The backend `config` names. Heavy imports happen only for the one chosen."""
+    if config.backend == "emulated":
+        from reference_server.emulated import EmulatedBackend, EmulatedTiming, timing_from_catalog
+
+        if config.gpu and config.emulated_model:
+            timing = timing_from_catalog(
+                config.gpu, config.emulated_model, ttft_ms=config.ttft_ms, tpot_ms=config.tpot_ms
+            )
+            model_id = config.emulated_model
+        else:
+            if config.gpu or config.emulated_model:
+                from capplan.errors import InputError
+
+                raise InputError("emulated roofline timing needs both --gpu and --emulated-model")
+            timing = EmulatedTiming(
+                ttft_ms=DEFAULT_EMULATED_TTFT_MS if config.ttft_ms is None else config.ttft_ms,
+                tpot_ms=DEFAULT_EMULATED_TPOT_MS if config.tpot_ms is None else config.tpot_ms,
+                max_context=config.max_context or 32_768,
+            )
+            model_id = "emulated"
+        return EmulatedBackend(
+            timing, model_id=model_id, gpu=config.gpu or "none",
+            tokens_per_chunk=config.tokens_per_chunk,
+        )  # fmt: skip
+    from reference_server.transformers_backend import TransformersBackend
+
+    return TransformersBackend(
+        config.model,
+        device=config.device,
+        max_batch=config.max_batch,
+        batch_wait_ms=config.batch_wait_ms,
+    )
+
+
+def build_app(config: ServerConfig) -> Any:
+    from reference_server.app import create_app
+
+    return create_app(config, build_backend(config))
+
+
+def app_from_environment() -> Any:
+    """App factory for gunicorn workers (and `uvicorn --factory`): config from CONFIG_ENV."""
+    from reference_server.config import resolve_config
+
+    raw = os.environ.get(CONFIG_ENV)
+    if raw:
+        return build_app(ServerConfig(**json.loads(raw)))
+    return build_app(resolve_config(environ=os.environ))
+
+
+def run_uvicorn(config: ServerConfig, on_listening: Callable[[str], None]) -> None:
+    import uvicorn
+
+    from reference_server.testing import bind_socket
+
+    app = build_app(config)
+    sock = bind_socket(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    state = app.state.server
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            state.draining = True  # /ready answers 503 while in-flight requests finish
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after shutdown; a completed drain exits 0 instead.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+    server = DrainingServer(
+        uvicorn.Config(
+            app,
+            lifespan="on",
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=max(1, round(config.drain_timeout_s)),
+        )
+    )
+    on_listening(_url(host, port))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def run_gunicorn(config: ServerConfig, on_listening: Callable[[str], None]) -> None:
+    # Before anything imports prometheus_client: workers then write metrics to shared files
+    # and /metrics sums every worker.
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="capplan-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    os.environ[CONFIG_ENV] = config.to_json()
+
+    from gunicorn.app.base import BaseApplication
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in gunicorn_settings(config).items():
+                self.cfg.set(key, value)
+            self.cfg.set("when_ready", lambda arbiter: on_listening(_listener_url(arbiter)))
+            self.cfg.set("child_exit", _mark_worker_dead)
+
+        def load(self) -> Any:
+            return app_from_environment()
+
+    try:
+        Application().run()
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def gunicorn_settings(config: ServerConfig) -> dict[str, Any]:
+    return {
+        "bind": [f"{config.host}:{config.port}"],
+        "workers": config.workers,
+        "threads": config.threads,
+        "worker_class": "reference_server.gunicorn_worker.Worker",
+        "graceful_timeout": max(1, round(config.drain_timeout_s)),
+        # A worker silent for this long is killed; generation runs off the event loop, so the
+        # loop keeps notifying even during long requests.
+        "timeout": max(60, round(config.queue_timeout_s + config.request_timeout_s) + 30),
+        "keepalive": 5,
+        "loglevel": "info",
+    }
+
+
+def _listener_url(arbiter: Any) -> str:
+    listener = arbiter.LISTENERS[0]
+    host, port = listener.sock.getsockname()[:2]
+    return _url(host, port)
+
+
+def _mark_worker_dead(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def _url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"

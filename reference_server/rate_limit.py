@@ -1,0 +1,98 @@
+"""Per-client rate limits through the `limits` library.
+
+Windows like `10/minute;100/hour`, keyed by API key (bearer token) or client IP. The counters
+live in a `limits` storage named by URI: `memory://` is per process (so per gunicorn worker);
+`redis://host:6379` (or memcached, mongodb) shares them across workers and hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from capplan.errors import InputError
+
+
+def parse_rate_limit(spec: str) -> list[Any]:
+    """`10/minute;100/hour` -> limits' RateLimitItems (InputError when malformed)."""
+    from limits import parse_many
+
+    try:
+        items = parse_many(spec)
+    except ValueError:
+        raise InputError(
+            f"rate limit {spec!r} is not valid; write windows like '10/minute;100/hour'"
+        ) from None
+    if not items:
+        raise InputError(f"rate limit {spec!r} names no window; write e.g. '10/minute'")
+    return list(items)
+
+
+def _async_uri(uri: str) -> str:
+    return uri if uri.startswith("async+") else f"async+{uri}"
+
+
+def shared_storage(uri: str) -> bool:
+    """Whether counters in this storage are seen by every worker process."""
+    return not uri.replace("async+", "").startswith("memory")
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    retry_after_s: int = 0
+    limit: str = ""
+
+
+class RateLimiter:
+    """Checks and counts one hit per request against every window of the spec."""
+
+    def __init__(self, spec: str, storage_uri: str = "memory://") -> None:
+        self.spec = spec
+        self.storage_uri = storage_uri
+        self.items = parse_rate_limit(spec)
+        self._limiter: Any = None
+
+    def _get_limiter(self) -> Any:
+        # Built on first use, inside the serving event loop: async storages bind to it.
+        if self._limiter is None:
+            from limits.aio.storage import MovingWindowSupport
+            from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+            from limits.storage import storage_from_string
+
+            try:
+                storage = storage_from_string(_async_uri(self.storage_uri))
+            except Exception as exc:  # limits raises ConfigurationError and driver errors
+                raise InputError(
+                    f"rate limit storage {self.storage_uri!r} unusable: {exc}; "
+                    "use memory:// or redis://host:port"
+                ) from None
+            if isinstance(storage, MovingWindowSupport):
+                self._limiter = MovingWindowRateLimiter(storage)
+            else:
+                self._limiter = FixedWindowRateLimiter(storage)
+        return self._limiter
+
+    async def hit(self, client_key: str) -> RateDecision:
+        limiter = self._get_limiter()
+        # Test every window before counting, so a refused request uses up none of them.
+        for item in self.items:
+            if not await limiter.test(item, "capplan", client_key):
+                stats = await limiter.get_window_stats(item, "capplan", client_key)
+                wait = max(1, math.ceil(stats.reset_time - time.time()))
+                return RateDecision(False, wait, str(item))
+        for item in self.items:
+            await limiter.hit(item, "capplan", client_key)
+        return RateDecision(True)
+
+
+def client_key(authorization: str | None, client_host: str | None) -> str:
+    """Bearer token (hashed: never stored in clear) if given, else the client's IP."""
+    if authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip()
+        if token:
+            return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return "ip:" + (client_host or "unknown")

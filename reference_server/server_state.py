@@ -1,0 +1,300 @@
+"""What one app instance owns (gate, limiter, metrics, backend) and the admission checks,
+cheapest first. `reference_server.app` wires them to routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from reference_server.admission import AdmissionGate, OpenGate, Rejected
+from reference_server.backend import Backend, GenerationRequest
+from reference_server.config import ServerConfig
+from reference_server.generation import ApiError, GenerationRun
+from reference_server.metrics import ServerMetrics
+from reference_server.openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    error_body,
+    first_error,
+)
+from reference_server.rate_limit import RateLimiter, client_key
+from reference_server.responses import Kind
+from reference_server.vram import VramGuard, device_index
+
+log = logging.getLogger("reference_server")
+_LONG_PROMPT_CHARS = 16_000  # tokenize longer prompts off the event loop
+_COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+class ServerState:
+    """Everything one app instance owns. Lives on `app.state.server`."""
+
+    def __init__(
+        self, config: ServerConfig, backend: Backend, cuda: Any, admission: bool = True
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.metrics = ServerMetrics(backend.info.model_id)
+        gate_type = AdmissionGate if admission else OpenGate
+        self.gate = gate_type(
+            config.max_concurrent,
+            config.queue_size,
+            config.queue_timeout_s,
+            on_change=self.metrics.set_queue,
+        )
+        self.metrics.set_queue(0, 0)
+        self.limiter = (
+            RateLimiter(config.rate_limit, config.rate_limit_storage)
+            if config.rate_limit and admission
+            else None
+        )
+        self.cuda = cuda
+        self.vram_guard: VramGuard | None = None
+        if backend.info.device.startswith("cuda") and config.vram_guard is not None:
+            if self.cuda is None:
+                import torch
+
+                self.cuda = torch.cuda
+            self.vram_guard = VramGuard(
+                self.cuda, config.vram_guard, device_index(backend.info.device)
+            )
+        self.ready = False
+        self.draining = False
+        self.start_error: str | None = None
+        self.outcomes: dict[str, int] = {}
+
+    @property
+    def max_context(self) -> int:
+        own = self.backend.info.max_context
+        return min(own, self.config.max_context) if self.config.max_context else own
+
+    def headers(self) -> dict[str, str]:
+        info = self.backend.info
+        out = {"x-capplan-backend": info.name, "x-capplan-device": info.device}
+        if info.emulated:
+            out["x-capplan-emulated"] = "true"
+        return out
+
+    def count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if outcome != "ok":
+            self.metrics.reject(outcome)
+
+    def error_response(
+        self, err: ApiError, headers: dict[str, str], *, counted: bool = False
+    ) -> JSONResponse:
+        if not counted:  # a GenerationRun counts its own outcome when it closes
+            self.count(err.reason)
+        out = dict(headers)
+        if err.retry_after_s is not None:
+            out["retry-after"] = str(err.retry_after_s)
+        if err.status == 401:
+            out["www-authenticate"] = "Bearer"
+        body = error_body(err.message, type_=err.type_, code=err.status, param=err.param)
+        return JSONResponse(body, status_code=err.status, headers=out)
+
+    async def start_backend(self) -> None:
+        try:
+            await self.backend.start()
+        except Exception as exc:  # /ready reports it; /health stays up so it can be read
+            self.start_error = f"{type(exc).__name__}: {exc}"
+            log.exception("backend failed to start")
+            return
+        self.ready = True
+
+    def stats(self) -> dict[str, Any]:
+        info = self.backend.info
+        memory = self.backend.memory_stats()
+        self.metrics.set_memory(memory)
+        c = self.config
+        return {
+            "backend": {
+                "name": info.name,
+                "model_id": info.model_id,
+                "device": info.device,
+                "max_context": info.max_context,
+                "emulated": info.emulated,
+                "details": info.details,
+            },
+            "emulated": info.emulated,
+            "ready": self.ready,
+            "draining": self.draining,
+            "running": self.gate.running,
+            "queued": self.gate.queued,
+            "limits": {
+                "max_concurrent": c.max_concurrent,
+                "queue_size": c.queue_size,
+                "queue_timeout_s": c.queue_timeout_s,
+                "request_timeout_s": c.request_timeout_s,
+                "max_tokens_cap": c.max_tokens_cap,
+                "max_context": self.max_context,
+                "strict": c.strict,
+                "max_body_bytes": c.max_body_bytes,
+                "rate_limit": c.rate_limit,
+                "rate_limit_storage": c.rate_limit_storage if c.rate_limit else None,
+                "vram_guard": c.vram_guard if self.vram_guard else None,
+                "api_key_required": c.api_key is not None,
+            },
+            "counters": dict(self.outcomes),
+            "retry_after_s": self.gate.retry_after_s(),
+            "memory": memory,
+        }
+
+    # --- the checks, cheapest first --------------------------------------------------------
+
+    def check_auth(self, request: Request) -> None:
+        if self.config.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {self.config.api_key}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ApiError(
+                401, "missing or wrong API key (Authorization: Bearer <key>)",
+                reason="unauthorized", type_="authentication_error",
+            )  # fmt: skip
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        too_large = ApiError(
+            413, f"request body over {limit} bytes", reason="too_large", param="body"
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def parse(self, body: bytes, kind: Kind) -> CompletionRequest | ChatCompletionRequest:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
+            raise ApiError(
+                400, f"body is not valid JSON: {exc}", reason="invalid", param="body"
+            ) from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "body must be a JSON object", reason="invalid", param="body")
+        model = CompletionRequest if kind == "completion" else ChatCompletionRequest
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            field, message = first_error(exc)
+            raise ApiError(422, f"{field}: {message}", reason="invalid", param=field) from None
+
+    async def tokenize(self, parsed: CompletionRequest | ChatCompletionRequest) -> list[int]:
+        if isinstance(parsed, CompletionRequest):
+            text = parsed.prompt_text()
+            if len(text) > _LONG_PROMPT_CHARS:
+                return await asyncio.to_thread(self.backend.encode, text)
+            return self.backend.encode(text)
+        messages = parsed.message_dicts()
+        if sum(len(m["content"]) for m in messages) > _LONG_PROMPT_CHARS:
+            return await asyncio.to_thread(self.backend.encode_chat, messages)
+        return self.backend.encode_chat(messages)
+
+    def max_tokens(
+        self, parsed: CompletionRequest | ChatCompletionRequest, prompt_tokens: int
+    ) -> tuple[int, dict[str, str]]:
+        """Effective max_tokens and the headers that report a clamp."""
+        cap, context = self.config.max_tokens_cap, self.max_context
+        if prompt_tokens == 0:
+            raise ApiError(400, "prompt is empty", reason="invalid", param="prompt")
+        requested = parsed.requested_max_tokens()
+        if requested is None:
+            if isinstance(parsed, CompletionRequest):
+                requested = min(_COMPLETIONS_DEFAULT_MAX_TOKENS, cap)
+            else:
+                requested = min(cap, context - prompt_tokens)
+        if requested < 1:
+            raise ApiError(
+                400, f"prompt ({prompt_tokens} tokens) leaves no room in the {context}-token "
+                "context", reason="invalid", param="messages",
+            )  # fmt: skip
+        headers: dict[str, str] = {}
+        if requested > cap:
+            if self.config.strict:
+                raise ApiError(
+                    422, f"max_tokens {requested} is above the server's cap of {cap}",
+                    reason="invalid", param="max_tokens",
+                )  # fmt: skip
+            headers["x-capplan-max-tokens-clamped"] = f"{requested}->{cap}"
+            requested = cap
+        if prompt_tokens + requested > context:
+            raise ApiError(
+                400, f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) is over the "
+                f"model's context of {context} tokens; shorten the prompt or lower max_tokens",
+                reason="invalid", param="max_tokens",
+            )  # fmt: skip
+        return requested, headers
+
+    async def check_rate(self, request: Request) -> None:
+        if self.limiter is None:
+            return
+        key = client_key(
+            request.headers.get("authorization"), request.client.host if request.client else None
+        )
+        decision = await self.limiter.hit(key)
+        if not decision.allowed:
+            raise ApiError(
+                429, f"rate limit {decision.limit} exceeded", reason="rate_limited",
+                type_="rate_limit_exceeded", retry_after_s=decision.retry_after_s,
+            )  # fmt: skip
+
+    async def admit(self, gen: GenerationRequest, arrival: float) -> GenerationRun:
+        """Take a slot, pass the VRAM guard, start generating and wait for the first event."""
+        try:
+            queue_s = await self.gate.acquire()
+        except asyncio.CancelledError:
+            self.count("client_disconnect")  # gone while queued; no run to count it
+            raise
+        except Rejected as exc:
+            raise ApiError(
+                503, str(exc), reason=exc.reason, type_="server_overloaded",
+                retry_after_s=exc.retry_after_s,
+            ) from None  # fmt: skip
+        self.metrics.queue_time.labels(self.metrics.model_name).observe(queue_s)
+        run = GenerationRun(
+            events=self.backend.generate(gen).__aiter__(),
+            gate=self.gate,
+            metrics=self.metrics,
+            cuda=self.cuda,
+            arrival=arrival,
+            admitted=time.monotonic(),
+            timeout_s=self.config.request_timeout_s,
+            outcomes=self.outcomes,
+        )
+        try:
+            if self.vram_guard is not None:
+                over, used = self.vram_guard.over()
+                if over:
+                    raise ApiError(
+                        503, f"GPU memory at {used:.0%}, above the guard of "
+                        f"{self.vram_guard.fraction:.0%}", reason="vram_guard",
+                        type_="server_overloaded", retry_after_s=self.gate.retry_after_s(),
+                    )  # fmt: skip
+            self.metrics.prompt_tokens.labels(self.metrics.model_name).inc(len(gen.prompt_ids))
+            await run.prime()
+        except ApiError as err:
+            await run.close(err.reason)
+            raise
+        except Exception:
+            await run.close("error")
+            raise
+        except BaseException:  # cancelled: the client went away
+            await run.close("client_disconnect")
+            raise
+        return run

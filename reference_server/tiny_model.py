@@ -1,0 +1,125 @@
+"""The embedded default model: a real transformers Qwen3 model, tiny, with seeded random weights.
+
+It needs no hub and no files: the tokenizer is character-level (one token per printable ASCII
+character, so a load tester can build prompts of an exact token length) and the weights come from
+a fixed seed, so every run of every machine with the same torch build produces the same model.
+Its text is gibberish; its shapes, cache, batching and streaming are those of a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+
+MODEL_ID = "capplan-tiny-qwen3"
+SEED = 20240611
+MAX_CONTEXT = 4096
+
+UNK_TOKEN = "<unk>"
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"  # end of turn: the eos token, as in Qwen chat checkpoints
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Small enough that CPU generation takes about a millisecond a step, shaped like Qwen3
+# (grouped-query attention, q/k norms, untied head).
+TINY_CONFIG: dict[str, int | float | bool | str] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": MAX_CONTEXT,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "attn_implementation": "sdpa",
+}
+
+# The residual stream carries this constant in dimension 0 and the head rows of the special tokens
+# (eos among them) read it negatively, so the random model (almost) never emits one: every token is
+# one visible character and generations run to max_tokens, which is what a load test wants. Stop
+# strings still end them early.
+_SPECIAL_SUPPRESSION = 8.0
+_SPECIAL_TOKENS = (UNK_TOKEN, PAD_TOKEN, IM_START, IM_END)
+
+
+def _vocabulary() -> list[str]:
+    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]  # printable ASCII, \t and \n
+    return [UNK_TOKEN, PAD_TOKEN, IM_START, IM_END, *chars]
+
+
+def load_tokenizer() -> PreTrainedTokenizerFast:
+    """The embedded model's tokenizer. Cheap: imports no torch model and builds no weights."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(_vocabulary())}
+    # No merges: BPE over single characters, so one character is one token.
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK_TOKEN))
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token=UNK_TOKEN,
+        pad_token=PAD_TOKEN,
+        eos_token=IM_END,
+        additional_special_tokens=[IM_START],
+        padding_side="left",
+        model_max_length=MAX_CONTEXT,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model() -> Qwen3ForCausalLM:
+    """The embedded model with its seeded weights, in eval mode on cpu (float32)."""
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    vocab = _vocabulary()
+    eos_id = vocab.index(IM_END)
+    config = Qwen3Config(
+        vocab_size=len(vocab),
+        pad_token_id=vocab.index(PAD_TOKEN),
+        eos_token_id=eos_id,
+        bos_token_id=None,
+        **TINY_CONFIG,  # type: ignore[arg-type]
+    )
+    # fork_rng: seeding must not disturb the caller's global random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = Qwen3ForCausalLM(config)
+        with torch.no_grad():
+            embed = model.model.embed_tokens.weight
+            embed.normal_(0.0, 1.0)
+            embed[:, 0] = _SPECIAL_SUPPRESSION
+            head = model.lm_head.weight
+            head.normal_(0.0, 1.0)
+            head[:, 0] = 0.0
+            for token in _SPECIAL_TOKENS:
+                row = vocab.index(token)
+                head[row].zero_()
+                head[row, 0] = -_SPECIAL_SUPPRESSION
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos_id, pad_token_id=config.pad_token_id, do_sample=True
+    )
+    return model.eval()
+
+
+def save_tiny_model(directory: str | Path) -> Path:
+    """Write the embedded model as an ordinary local model directory (config, weights, vocab)."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    build_model().save_pretrained(path)
+    load_tokenizer().save_pretrained(path)
+    return path

@@ -1,0 +1,282 @@
+"""The `transformers` backend: a local model directory, or the embedded tiny model.
+
+Forward passes run on the batching engine's own thread (`reference_server.batching`); the event
+loop only tokenizes prompts and relays events. Nothing is downloaded and no remote code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from capplan.errors import InputError
+from reference_server.backend import (
+    BackendInfo,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TokenDelta,
+)
+from reference_server.batching import BatchingEngine, EngineEvent, Sequence
+from reference_server.text_stream import TextStream
+
+WARMUP_PROMPT = "Warm-up: the quick brown fox."
+
+
+class TransformersBackend:
+    """Implements `reference_server.backend.Backend` with a transformers causal LM."""
+
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        *,
+        device: str | None = None,
+        max_batch: int = 8,
+        batch_wait_ms: float = 5.0,
+    ) -> None:
+        if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
+            raise InputError(
+                f"model directory {model_dir!r} has no config.json; pass a local directory "
+                "written by save_pretrained, or omit --model for the embedded tiny model"
+            )
+        if max_batch < 1:
+            raise InputError(f"max_batch must be at least 1, got {max_batch}")
+        self.model_dir = model_dir
+        self.max_batch = max_batch
+        self.batch_wait_ms = batch_wait_ms
+        self._device = device or _default_device()
+        self._tokenizer_lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._engine: BatchingEngine | None = None
+        model_id = Path(model_dir).name if model_dir else _embedded_model_id()
+        self.info = BackendInfo(
+            name="transformers",
+            model_id=model_id,
+            device=self._device,
+            max_context=0,  # known once the config is loaded in start()
+            details={
+                "model_dir": model_dir,
+                "embedded": model_dir is None,
+                "batching": "padded dynamic (left padding, join at step boundaries)",
+                "max_batch": max_batch,
+                "batch_wait_ms": batch_wait_ms,
+            },
+        )
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load the model off the event loop, start the engine, and run one short generation."""
+        if self._engine is not None:
+            return
+        self._engine = await asyncio.to_thread(self._load)
+        self._engine.start()
+        warmup = GenerationRequest(
+            prompt_ids=self.encode(WARMUP_PROMPT), max_tokens=2, temperature=0.0
+        )
+        async for _ in self.generate(warmup):
+            pass
+
+    def _load(self) -> BatchingEngine:
+        import torch
+
+        tokenizer: Any
+        model: Any
+        if self.model_dir is None:
+            from reference_server.tiny_model import build_model, load_tokenizer
+
+            tokenizer = load_tokenizer()
+            model = build_model()
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            options: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+            tokenizer = AutoTokenizer.from_pretrained(self.model_dir, **options)
+            # bf16/fp16 checkpoints keep their dtype on cuda; cpu matmuls want float32.
+            dtype = "auto" if self._device.startswith("cuda") else torch.float32
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, **options)
+        model = model.to(self._device).eval()
+        self._tokenizer = tokenizer
+        max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.info.max_context = max_context
+        self.info.details["dtype"] = str(model.dtype).removeprefix("torch.")
+        return BatchingEngine(
+            model,
+            device=self._device,
+            eos_token_ids=_eos_token_ids(model, tokenizer),
+            max_context=max_context,
+            max_batch=self.max_batch,
+            batch_wait_ms=self.batch_wait_ms,
+        )
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.stop)
+            engine.model = None
+        _free_cuda_cache()
+
+    # ----------------------------------------------------------------------------- tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        tokenizer = self._require_tokenizer()
+        with self._tokenizer_lock:
+            return list(tokenizer.encode(text))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        tokenizer = self._require_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
+            # A base model without a template: a plain transcript ending on the assistant's turn.
+            text = "".join(f"{m.get('role', '')}: {m.get('content', '')}\n" for m in messages)
+            return self.encode(text + "assistant: ")
+        with self._tokenizer_lock:
+            ids = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        return [int(i) for i in ids]
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _require_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError("TransformersBackend.start() has not been awaited")
+        return self._tokenizer
+
+    # ----------------------------------------------------------------------------- generation
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("TransformersBackend.start() has not been awaited")
+        prompt_tokens = len(request.prompt_ids)
+        if request.max_tokens <= 0:
+            yield Finished(finish_reason="length", prompt_tokens=prompt_tokens, completion_tokens=0)
+            return
+        prompt_ids = list(request.prompt_ids) or [self._empty_prompt_token()]
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+
+        def sink(event: EngineEvent) -> None:  # engine thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        sequence = Sequence(
+            prompt_ids=prompt_ids,
+            max_tokens=request.max_tokens,
+            sink=sink,
+            stream=TextStream(self._decode, request.stop),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            reported_prompt_tokens=prompt_tokens,
+        )
+        engine.submit(sequence)
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            # Runs on aclose(), on task cancellation and on normal exit alike.
+            engine.cancel(sequence)
+
+    def _empty_prompt_token(self) -> int:
+        tokenizer = self._tokenizer
+        for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+            if token_id is not None:
+                return int(token_id)
+        return 0
+
+    # ----------------------------------------------------------------------------- observability
+
+    @property
+    def engine(self) -> BatchingEngine | None:
+        return self._engine
+
+    def batching_stats(self) -> dict[str, Any]:
+        engine = self._engine
+        if engine is None:
+            return {"running": 0, "waiting": 0}
+        counters = engine.counters
+        steps = counters.decode_steps
+        return {
+            "running": engine.running,
+            "waiting": engine.waiting,
+            "decode_steps": steps,
+            "mean_batch": counters.decode_rows / steps if steps else 0.0,
+            "peak_batch": counters.peak_batch,
+            "out_of_memory": counters.out_of_memory,
+        }
+
+    def memory_stats(self) -> dict[str, Any]:
+        # /stats shows info.details and reads memory first; refreshing the live batching figures
+        # here puts them there without a change to the Backend protocol.
+        self.info.details["batch_stats"] = self.batching_stats()
+        if self._device.startswith("cuda"):
+            import torch
+
+            index = torch.device(self._device).index or 0
+            used = int(torch.cuda.memory_allocated(index))
+            total = int(torch.cuda.get_device_properties(index).total_memory)
+            return {
+                "kind": "torch_cuda",
+                "device": self._device,
+                "used_bytes": used,
+                "reserved_bytes": int(torch.cuda.memory_reserved(index)),
+                "peak_bytes": int(torch.cuda.max_memory_allocated(index)),
+                "total_bytes": total,
+                "fraction": used / total if total else None,
+            }
+        import psutil
+
+        rss = int(psutil.Process().memory_info().rss)
+        total = int(psutil.virtual_memory().total)
+        return {
+            "kind": "process_rss",
+            "device": self._device,
+            "used_bytes": rss,
+            "total_bytes": total,
+            "fraction": rss / total if total else None,
+        }
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _embedded_model_id() -> str:
+    from reference_server.tiny_model import MODEL_ID
+
+    return MODEL_ID
+
+
+def _eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def _free_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["TokenDelta", "TransformersBackend"]

@@ -1,0 +1,58 @@
+"""Accelerator memory: the VRAM admission guard and CUDA out-of-memory recognition.
+
+Both take a torch.cuda-like object (`memory_allocated(device)`,
+`get_device_properties(device).total_memory`, `empty_cache()`) so tests inject a fake one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+from reference_server.backend import BackendOutOfMemory
+
+
+class VramGuard:
+    """Refuses new work while allocated memory is above `fraction` of the device's total."""
+
+    def __init__(self, cuda: Any, fraction: float, device_index: int = 0) -> None:
+        self.cuda = cuda
+        self.fraction = fraction
+        self.device_index = device_index
+
+    def usage(self) -> tuple[int, int]:
+        allocated = int(self.cuda.memory_allocated(self.device_index))
+        total = int(self.cuda.get_device_properties(self.device_index).total_memory)
+        return allocated, total
+
+    def over(self) -> tuple[bool, float]:
+        """(refuse?, fraction in use)."""
+        allocated, total = self.usage()
+        used = allocated / total if total else 0.0
+        return used > self.fraction, used
+
+
+def device_index(device: str) -> int:
+    _, _, index = device.partition(":")
+    return int(index) if index.isdigit() else 0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """BackendOutOfMemory, or torch.cuda.OutOfMemoryError without importing torch."""
+    if isinstance(exc, BackendOutOfMemory):
+        return True
+    torch = sys.modules.get("torch")
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if isinstance(oom_type, type) and isinstance(exc, oom_type):
+        return True
+    return type(exc).__name__ == "OutOfMemoryError"
+
+
+def free_cache(cuda: Any) -> None:
+    """Give cached blocks back after an OOM so the next request has room."""
+    empty = getattr(cuda, "empty_cache", None)
+    if callable(empty):
+        # A failing cleanup must not turn a 503 into a 500.
+        with contextlib.suppress(Exception):
+            empty()

@@ -1,0 +1,130 @@
+"""The server as users run it: a subprocess, SIGTERM drain, gunicorn workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def _server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """`python -m reference_server ARGS` on a free port; yields (process, base URL, what it
+    printed about itself)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reference_server", "--backend", "emulated", "--port", "0", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group: cleanup reaches gunicorn's workers too
+    )
+    try:
+        assert process.stdout is not None
+        seen = []
+        url = None
+        for line in process.stdout:
+            seen.append(line)
+            match = re.search(r"capplan serve: (http://\S+)", line)
+            url = url or (match.group(1) if match else None)
+            if "drain_timeout_s" in line:  # the last limit printed
+                break
+        if url is None:
+            raise AssertionError("server never printed its URL:\n" + "".join(seen))
+        _wait_ready(url)
+        yield process, url, "".join(seen)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # no-op after a clean exit
+        process.wait(10)
+
+
+def _wait_ready(url: str) -> None:
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)  # polling an observable state, not waiting a guessed duration
+    raise AssertionError(f"{url} never became ready")
+
+
+async def _stream_all(url: str, n: int) -> list[tuple[int, int, bool]]:
+    """n streamed completions; each gives (status, tokens received, saw [DONE])."""
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, int, bool]:
+        tokens, done = 0, False
+        body = {"prompt": "drain", "max_tokens": 30, "stream": True}
+        async with client.stream("POST", url + "/v1/completions", json=body) as answer:
+            async for line in answer.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data:"):
+                    choices = json.loads(line[5:])["choices"]
+                    tokens += sum(len(c["text"].split()) for c in choices)
+        return answer.status_code, tokens, done
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as client:
+        return await asyncio.gather(*[one(client) for _ in range(n)])
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_loses_no_in_flight_request() -> None:
+    with _server("--ttft-ms", "50", "--tpot-ms", "30", "--max-concurrent", "4",
+                 "--queue-size", "8", "--drain-timeout", "20") as (process, url, _):  # fmt: skip
+
+        async def main() -> list[tuple[int, int, bool]]:
+            load = asyncio.create_task(_stream_all(url, 8))  # 4 running + 4 queued
+            async with httpx.AsyncClient(timeout=5) as client:
+                while True:
+                    stats = (await client.get(url + "/stats")).json()
+                    if stats["running"] == 4 and stats["queued"] == 4:
+                        break
+                    await asyncio.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            return await load
+
+        results = asyncio.run(main())
+        assert results == [(200, 30, True)] * 8
+        assert process.wait(20) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=2)
+
+
+@pytest.mark.slow
+def test_gunicorn_with_two_workers_serves() -> None:
+    args = ("--server", "gunicorn", "--workers", "2", "--ttft-ms", "5", "--tpot-ms", "1",
+            "--rate-limit", "1000/minute")  # fmt: skip
+    with _server(*args) as (process, url, printed):
+        assert re.search(r"max_concurrent\s+4\s+per worker", printed), printed
+        assert re.search(r"rate_limit\s+1000/minute\s+per worker \(memory://", printed), printed
+        assert re.search(r"request_timeout_s\s+\S+\s+per request", printed), printed
+        results = asyncio.run(_stream_all(url, 8))
+        assert results == [(200, 30, True)] * 8
+        answers = [
+            httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=10)
+            for _ in range(6)
+        ]
+        assert all(a.status_code == 200 for a in answers)
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        # Multiprocess metrics: every worker's requests counted, whichever worker answers.
+        assert re.search(r"capplan:request_success_total\{[^}]*\} 14\.0", metrics), metrics
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0

@@ -1,0 +1,65 @@
+"""Per-client rate limits (429 + Retry-After) and the bearer API key."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from capplan.errors import InputError
+from reference_server.rate_limit import client_key, parse_rate_limit
+from tests.reference_server.conftest import ServerFactory, completion
+
+
+def test_past_the_rate_limit_answers_429_with_retry_after(emulated_server: ServerFactory) -> None:
+    server = emulated_server(rate_limit="3/minute;100/hour")
+    codes = [
+        httpx.post(server.url + "/v1/completions", json=completion(), timeout=10).status_code
+        for _ in range(3)
+    ]
+    assert codes == [200, 200, 200]
+    refused = httpx.post(server.url + "/v1/completions", json=completion(), timeout=10)
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["error"]["type"] == "rate_limit_exceeded"
+    assert server.stats()["counters"]["rate_limited"] == 1
+
+
+def test_rate_limit_is_per_api_key(emulated_server: ServerFactory) -> None:
+    server = emulated_server(rate_limit="1/minute")
+
+    def post(key: str) -> int:
+        headers = {"authorization": f"Bearer {key}"}
+        answer = httpx.post(
+            server.url + "/v1/completions", json=completion(), headers=headers, timeout=10
+        )
+        return answer.status_code
+
+    assert [post("alice"), post("bob"), post("alice")] == [200, 200, 429]
+
+
+def test_bad_rate_limit_spec_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="10/minute"):
+        parse_rate_limit("ten per minute")
+
+
+def test_client_key_never_holds_the_token_in_clear() -> None:
+    assert "secret" not in client_key("Bearer secret", "10.0.0.1")
+    assert client_key(None, "10.0.0.1") == "ip:10.0.0.1"
+
+
+def test_api_key_is_required_on_the_api_but_not_on_health(
+    emulated_server: ServerFactory,
+) -> None:
+    server = emulated_server(api_key="s3cret")
+    url = server.url + "/v1/completions"
+    missing = httpx.post(url, json=completion(), timeout=10)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.post(url, json=completion(), headers={"authorization": "Bearer x"}, timeout=10)
+    assert wrong.status_code == 401
+    right = httpx.post(
+        url, json=completion(), headers={"authorization": "Bearer s3cret"}, timeout=10
+    )
+    assert right.status_code == 200
+    assert httpx.get(server.url + "/v1/models", timeout=10).status_code == 401
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200
