@@ -7,6 +7,7 @@ usage on every chunk (vLLM's continuous usage stats) and odd choice indexes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,3 +143,72 @@ def _apply_counts(
     else:
         record.output_tokens = n_chunks
         record.output_tokens_source = "chunks"
+
+
+# --- what every engine does around the response: the record, failures, error bodies -----------
+
+ERROR_BODY_LIMIT = 500  # characters of an error body or exception kept in a record
+RETRY_STATUSES = (429, 503)  # answers whose Retry-After a closed-loop worker may honour
+
+
+def new_record(
+    *,
+    request_id: str,
+    step: str,
+    endpoint: str,
+    stream: bool,
+    intended_start: float | None,
+    prompt_tokens: int | None,
+) -> RequestRecord:
+    """A record before sending; a prompt built to an exact length carries its tokenizer count."""
+    record = RequestRecord(
+        request_id=request_id,
+        step=step,
+        endpoint=endpoint,
+        stream=stream,
+        intended_start=intended_start,
+    )
+    if prompt_tokens is not None:
+        record.prompt_tokens = prompt_tokens
+        record.prompt_tokens_source = "tokenizer"
+    return record
+
+
+def record_failure(record: RequestRecord, kind: str, exc: BaseException) -> None:
+    """An exception as the record's error class and detail (docs/metrics.md)."""
+    record.error = kind
+    record.error_detail = f"{type(exc).__name__}: {exc}"[:ERROR_BODY_LIMIT]
+
+
+def record_deadline(record: RequestRecord, timeout_s: float) -> None:
+    record.error = "timeout"
+    record.error_detail = f"request ran past {timeout_s:g} s"
+
+
+def apply_error_response(record: RequestRecord, body: bytes, retry_after: object) -> None:
+    """A non-200 answer: its body (cut short) and a numeric Retry-After, when one was sent."""
+    record.error = "http_error"
+    record.error_detail = body[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
+    if isinstance(retry_after, str):
+        with contextlib.suppress(ValueError):  # an HTTP-date: not used for pacing
+            record.retry_after_s = float(retry_after)
+
+
+def mark_incomplete(accumulator: StreamAccumulator, record: RequestRecord) -> None:
+    """A stream that ended cleanly but before [DONE] or a finish_reason is `incomplete`."""
+    if not accumulator.done and accumulator.finish_reason is None and record.error is None:
+        record.error = "incomplete"
+        record.error_detail = "stream ended without [DONE] or a finish_reason"
+
+
+def retry_pause_s(record: RequestRecord, remaining_s: float | None) -> float:
+    """How long a closed-loop worker honouring Retry-After waits before its next request.
+
+    The server's Retry-After on a 429 or 503, capped by what is left of the step; 0 otherwise.
+    """
+    if record.status not in RETRY_STATUSES or not record.retry_after_s:
+        return 0.0
+    pause = max(0.0, record.retry_after_s)
+    if remaining_s is not None:
+        pause = min(pause, max(0.0, remaining_s))
+    return pause

@@ -1,0 +1,405 @@
+"""The Locust engine: any scenario through Locust's library API, measured as the httpx engine.
+
+Locust runs on gevent and monkey-patches the process that imports it, so the capplan process
+never imports it: it resolves each step into a `LocustJob` (the same request bodies, arrival
+schedule and request ids as the httpx engine), starts a Locust child process per step
+(`python -m capplan.loadtest.locust_engine local|master|worker ...`), and builds summary,
+telemetry and reports from the merged requests.jsonl exactly as the httpx runner does.
+
+    workers == 0   one child with Locust's LocalRunner
+    workers == N   a master child plus N worker children on this machine
+    remote == M    the master also waits for M workers from other machines
+                   (`capplan locust-worker --master HOST`, see docs/distributed.md)
+
+Top-level imports stay light (stdlib and locust_job): this file is also the child's entry point,
+and gevent must patch the child before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from capplan.loadtest.locust_job import LocustJob
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from capplan.loadtest.live import ProgressSnapshot
+    from capplan.loadtest.runner import RunResult
+    from capplan.loadtest.scenario import LoadConfig
+
+DEFAULT_MASTER_PORT = 5557  # Locust's own default, for workers on other machines
+CONNECT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class LocustOptions:
+    """How the Locust side is laid out; the CLI's `--locust-*` flags."""
+
+    workers: int = 0  # local worker processes; 0: one process with Locust's LocalRunner
+    remote_workers: int = 0  # further workers expected from other machines
+    master_bind: str | None = None  # default 127.0.0.1, or 0.0.0.0 with remote workers
+    master_port: int | None = None  # default a free port, or 5557 with remote workers
+    ui: bool = False
+    ui_port: int = 8089
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        from capplan.errors import InputError
+
+        if self.workers < 0 or self.remote_workers < 0:
+            raise InputError("--locust-workers and --locust-remote-workers must be 0 or more")
+        for name, port in (("--locust-master-port", self.master_port), ("ui port", self.ui_port)):
+            if port is not None and not 0 < port < 65536:
+                raise InputError(f"{name} must be between 1 and 65535, got {port}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers + self.remote_workers > 0
+
+
+def build_jobs(config: LoadConfig, *, model_name: str) -> list[LocustJob]:
+    """Every step of `config` as a LocustJob: bodies, schedule and ids as the httpx runner's."""
+    from capplan.loadtest.httpx_engine import request_body
+    from capplan.loadtest.runner import prompt_builder, request_target, step_offsets, step_specs
+
+    assert config.url is not None
+    target = request_target(config, model_name)
+    builder = prompt_builder(config)
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    jobs = []
+    for index, step in enumerate(config.steps):
+        offsets = step_offsets(config, step, index)
+        specs = step_specs(builder, config, len(offsets) if offsets is not None else None)
+        jobs.append(
+            LocustJob(
+                url=config.url.rstrip("/") + target.path,
+                endpoint=config.endpoint,
+                stream=config.stream,
+                bodies=[request_body(target, spec) for spec in specs],
+                prompt_tokens=[spec.prompt_tokens for spec in specs],
+                mode="closed" if offsets is None else "open",
+                step=step.label,
+                users=step.concurrency if offsets is None else 1,
+                requests=config.requests if offsets is None else None,
+                duration_s=config.duration_s,
+                arrivals=offsets or [],
+                warmup_s=config.warmup_s,
+                timeout_s=config.timeout_s,
+                headers=headers,
+                request_id_prefix=f"s{index}-",
+                tokenizer=config.tokenizer,
+                honor_retry_after=config.honor_retry_after,
+            )
+        )
+    return jobs
+
+
+def run_locust(
+    config: LoadConfig,
+    *,
+    out_dir: str | Path | None = None,
+    options: LocustOptions | None = None,
+    progress: Callable[[ProgressSnapshot], None] | None = None,
+    reports: bool = True,
+) -> RunResult:
+    """`run_load` through Locust: same outputs (requests.jsonl, telemetry, summary, reports).
+
+    `reports=False` skips report.md/html and parquet, as `run_load`'s.
+    """
+    from capplan.loadtest.runner import launched_target, prepare_out_dir
+
+    options = options or LocustOptions()
+    out = prepare_out_dir(config, out_dir)
+    with launched_target(config, out) as url:
+        config = replace(config, url=url)
+        return _LocustRun(config, out, options, progress).run(reports=reports)
+
+
+class _LocustRun:
+    def __init__(
+        self,
+        config: LoadConfig,
+        out: Path,
+        options: LocustOptions,
+        progress: Callable[[ProgressSnapshot], None] | None,
+    ) -> None:
+        from capplan.loadtest.clock import RunClock
+
+        self.config = config
+        self.out = out
+        self.options = options
+        self.progress = progress
+        self.clock = RunClock()
+        self.records_path = out / "requests.jsonl"
+        self.locust_dir = out / "locust"
+        self.reports: list[dict[str, Any]] = []
+        self.interrupted = False
+
+    def run(self, *, reports: bool = True) -> RunResult:
+        from capplan.loadtest import locust_launch as launch
+        from capplan.loadtest.live import LiveStats
+        from capplan.loadtest.runner import save_run_config, start_sampler
+
+        started = self.clock.now()
+        model_name = self.config.model_name or _discover_model(self.config) or "default"
+        jobs = build_jobs(self.config, model_name=model_name)
+        save_run_config(self.out, self.config, model_name)
+        self.locust_dir.mkdir(parents=True, exist_ok=True)
+        sampler = start_sampler(self.clock, self.out, self.config.url)
+        live = LiveStats(started, len(jobs))
+        tail = launch.RecordTail(self.records_path, live, self.clock, self.progress, sampler)
+        tail.start()
+        try:
+            with launch.interrupt_on_sigterm():
+                for index, job in enumerate(jobs):
+                    live.begin_step(job.step, index)
+                    self.reports.append(self._run_step(job, index))
+        except KeyboardInterrupt:
+            self.interrupted = True
+        finally:
+            tail.stop()
+            if sampler is not None:
+                sampler.stop()
+        return self._finish(model_name, started, reports=reports)
+
+    def _run_step(self, job: LocustJob, index: int) -> dict[str, Any]:
+        from capplan.loadtest import child_process
+        from capplan.loadtest import locust_launch as launch
+
+        job_path = self.locust_dir / f"step-{index}-job.json"
+        report_path = self.locust_dir / f"step-{index}-report.json"
+        job.save(job_path)
+        report_path.unlink(missing_ok=True)
+        common = ["--job", str(job_path), "--records", str(self.records_path)]
+        common += ["--report", str(report_path)]
+        if self.options.ui:
+            common += ["--ui-port", str(self.options.ui_port)]
+        opts = self.options
+        workers: list[subprocess.Popen[bytes]] = []
+        with (self.out / "locust.log").open("ab") as log:
+            if not opts.distributed:
+                main = child_process.spawn(child_command("local", *common), log)
+            else:
+                remote = opts.remote_workers > 0
+                default_port = DEFAULT_MASTER_PORT if remote else child_process.free_port()
+                port = opts.master_port or default_port
+                bind = opts.master_bind or ("0.0.0.0" if remote else "127.0.0.1")
+                main = child_process.spawn(
+                    child_command(
+                        "master",
+                        *common,
+                        "--expect-workers",
+                        str(opts.workers + opts.remote_workers),
+                        "--bind",
+                        bind,
+                        "--port",
+                        str(port),
+                        "--connect-timeout",
+                        str(opts.connect_timeout_s),
+                    ),
+                    log,
+                )
+                workers = [
+                    child_process.spawn(worker_command("127.0.0.1", port), log)
+                    for _ in range(opts.workers)
+                ]
+            try:
+                main.wait()
+            except KeyboardInterrupt:
+                # Every record the master wrote is already on disk; what workers still hold
+                # (under 0.1 s of answers) and what is in flight is lost, as with httpx.
+                for process in (main, *workers):
+                    child_process.stop(process)
+                raise
+            finally:
+                for worker in workers:
+                    child_process.stop(
+                        worker, grace_s=launch.STOP_GRACE_S if main.returncode == 0 else 0.5
+                    )
+        if not report_path.is_file():
+            raise RuntimeError(
+                f"the Locust {'master' if opts.distributed else 'process'} exited with code "
+                f"{main.returncode} without a report; see {self.out / 'locust.log'}"
+            )
+        report: dict[str, Any] = json.loads(report_path.read_text(encoding="utf-8"))
+        problem = report.get("problem")
+        if problem and report.get("records", 0) == 0:
+            from capplan.errors import InputError
+
+            hint = ""
+            if opts.remote_workers:
+                hint = (
+                    f"; start them with: capplan locust-worker --master <this host> "
+                    f"--master-port {port}"
+                )
+            raise InputError(f"Locust step {job.step or index}: {problem}{hint}")
+        report["how"] = _how(job, report)
+        return report
+
+    def _finish(self, model_name: str, started: float, *, reports: bool) -> RunResult:
+        from capplan.loadtest.record import read_records
+        from capplan.loadtest.runner import finish_run, run_config
+        from capplan.loadtest.summary import collect_environment, summarize
+
+        records = read_records(self.records_path) if self.records_path.is_file() else []
+        selfcheck = {r["step"]: r["client"] for r in self.reports if r.get("client")}
+        summary = summarize(
+            records,
+            run_config(self.config, model_name),
+            selfcheck=selfcheck,
+            environment=collect_environment(),
+            interrupted=self.interrupted,
+            engine="locust",
+            run_id=self.out.name,
+        )
+        summary["started_at"] = started
+        summary["ended_at"] = self.clock.now()
+        apply_locust_block(summary, locust_block(self.options, self.reports))
+        return finish_run(self.out, summary, records, interrupted=self.interrupted, reports=reports)
+
+
+def apply_locust_block(summary: dict[str, Any], block: dict[str, Any]) -> None:
+    """Adds the `locust` block to a summary built from the records, with what it implies: each
+    step's `load_model_run`, and a step's Locust problem as a reason the run is not valid.
+
+    `capplan report --resummarize` calls it again with the block it found, so nothing is lost.
+    """
+    from capplan.loadtest.summary import attach_load_model_runs, load_model_run
+
+    summary["locust"] = block
+    steps = [s for s in block.get("steps", []) if isinstance(s, dict) and "step" in s]
+    attach_load_model_runs(
+        summary,
+        {
+            s["step"]: load_model_run("locust", s["mode"], s["how"])
+            for s in steps
+            if "mode" in s and "how" in s
+        },
+    )
+    for step in steps:
+        if step.get("problem"):
+            summary["valid"] = False
+            summary["reasons"].append(f"locust {step['step']}: {step['problem']}")
+
+
+def locust_block(options: LocustOptions, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's `locust` block: the layout, and per step the load model really run."""
+    return {
+        "version": _locust_version(),
+        "runner": "distributed" if options.distributed else "local",
+        "local_workers": options.workers,
+        "remote_workers": options.remote_workers,
+        "steps": reports,
+    }
+
+
+def _locust_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("locust")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _how(job: LocustJob, report: dict[str, Any]) -> str:
+    workers = report.get("workers", 1)
+    if job.mode == "closed":
+        how = (
+            f"closed loop: {report.get('users', job.users)} Locust users on {workers} "
+            "process(es); each sends its next request when its previous one ends"
+        )
+        if job.honor_retry_after:
+            how += ", after a 429/503 once its Retry-After has passed"
+        return how
+    return (
+        f"open loop: {len(job.arrivals)} scheduled arrivals split over {workers} process(es); "
+        "a pacer greenlet sends each at its intended start, never waiting for answers"
+    )
+
+
+def _discover_model(config: LoadConfig) -> str | None:
+    import asyncio
+
+    from capplan.loadtest import httpx_engine
+
+    assert config.url is not None
+    target = httpx_engine.Target(base_url=config.url, api_key=config.api_key)
+
+    async def discover() -> str | None:
+        async with httpx_engine.make_client(target) as client:
+            return await httpx_engine.discover_model(client)
+
+    return asyncio.run(discover())
+
+
+def child_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "capplan.loadtest.locust_engine", *args]
+
+
+def worker_command(master: str, master_port: int) -> list[str]:
+    """The Locust worker process, as `capplan locust-worker` and local workers start it."""
+    return child_command("worker", "--master", master, "--master-port", str(master_port))
+
+
+# --- the child process -----------------------------------------------------------------------
+
+
+def _child_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m capplan.loadtest.locust_engine",
+        description="capplan's Locust process (started by `capplan loadtest --engine locust`).",
+    )
+    roles = parser.add_subparsers(dest="role", required=True)
+    for role in ("local", "master"):
+        sub = roles.add_parser(role)
+        sub.add_argument("--job", required=True, type=Path)
+        sub.add_argument("--records", required=True, type=Path)
+        sub.add_argument("--report", required=True, type=Path)
+        sub.add_argument("--ui-port", type=int, default=None)
+        if role == "master":
+            sub.add_argument("--expect-workers", type=int, required=True)
+            sub.add_argument("--bind", default="127.0.0.1")
+            sub.add_argument("--port", type=int, default=DEFAULT_MASTER_PORT)
+            sub.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
+    worker = roles.add_parser("worker")
+    worker.add_argument("--master", required=True)
+    worker.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT)
+    return parser
+
+
+def child_main(argv: list[str] | None = None) -> int:
+    args = _child_parser().parse_args(argv)
+    # Importing locust monkey-patches this process for gevent: only ever in this child.
+    from capplan.loadtest import locust_process as lp
+
+    lp.configure_logging()
+    if args.role == "worker":
+        lp.run_worker(args.master, args.master_port)
+        return 0
+    job = LocustJob.load(args.job)
+    if args.role == "local":
+        report = lp.run_local(job, args.records, ui_port=args.ui_port)
+    else:
+        report = lp.run_master(
+            job,
+            args.records,
+            expect_workers=args.expect_workers,
+            bind_host=args.bind,
+            port=args.port,
+            connect_timeout_s=args.connect_timeout,
+            ui_port=args.ui_port,
+        )
+    lp.write_report(report, args.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

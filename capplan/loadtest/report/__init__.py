@@ -1,0 +1,1 @@
+"""Reports from a run directory: requests.parquet, report.md, report.html."""

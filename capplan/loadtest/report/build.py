@@ -1,0 +1,116 @@
+"""Every report of a run directory, rebuilt from its records.
+
+Reads requests.jsonl, telemetry.csv (+ telemetry.json) and summary.json; writes
+requests.parquet, plots/*.png, report.md and a self-contained report.html. A missing
+summary.json is rebuilt from the records with `capplan.loadtest.summary.summarize`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from capplan.errors import InputError
+from capplan.loadtest.record import read_records
+from capplan.loadtest.summary import write_json
+
+REBUILT_NOTE = "summary rebuilt by `capplan report` from requests.jsonl"
+
+
+def build_reports(run_dir: Path, *, resummarize: bool = False) -> list[Path]:
+    """Write the reports; returns the paths written.
+
+    `resummarize` recomputes summary.json from the records even when one exists, keeping its
+    config, environment and client self-check (which records alone do not hold).
+    """
+    from capplan.loadtest.report.content import build_content
+    from capplan.loadtest.report.frame import read_telemetry, read_telemetry_meta, requests_frame
+    from capplan.loadtest.report.html import render_html
+    from capplan.loadtest.report.markdown import render_markdown
+
+    run_dir = Path(run_dir)
+    records_path = run_dir / "requests.jsonl"
+    if not records_path.is_file():
+        raise InputError(
+            f"no requests.jsonl in {run_dir}; pass a directory written by `capplan loadtest`"
+        )
+    records = read_records(records_path)
+    written: list[Path] = []
+    summary = _read_json(run_dir / "summary.json")
+    if summary is None or resummarize:
+        if summary is None:
+            # A run killed before its summary: the config, if the engine saved it apart.
+            config = _read_json(run_dir / "config.json")
+            summary = {"config": config} if config is not None else None
+        summary = _resummarize(records, summary, run_dir.name)
+        write_json(run_dir / "summary.json", summary)
+        written.append(run_dir / "summary.json")
+
+    requests = requests_frame(records)
+    parquet = run_dir / "requests.parquet"
+    requests.to_parquet(parquet, engine="pyarrow", index=False)
+    written.append(parquet)
+
+    telemetry = read_telemetry(run_dir / "telemetry.csv")
+    meta = read_telemetry_meta(run_dir / "telemetry.json")
+    content = build_content(summary, requests, telemetry, meta)
+
+    plot_dir = run_dir / "plots"
+    plot_paths: dict[str, str] = {}
+    if content.plots:
+        plot_dir.mkdir(exist_ok=True)
+    for plot in content.plots:
+        path = plot_dir / f"{plot.name}.png"
+        path.write_bytes(plot.png)
+        plot_paths[plot.name] = f"plots/{path.name}"
+        written.append(path)
+
+    markdown = run_dir / "report.md"
+    markdown.write_text(render_markdown(content, plot_paths), encoding="utf-8")
+    html = run_dir / "report.html"
+    html.write_text(render_html(content), encoding="utf-8")
+    written += [markdown, html]
+    return written
+
+
+def _resummarize(records: list[Any], old: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+    from capplan.loadtest.summary import attach_load_model_runs, load_model_runs_of, summarize
+
+    old = old or {}
+    selfcheck = {
+        str(step.get("step")): step["client"]
+        for step in old.get("steps", [])
+        if isinstance(step, dict) and isinstance(step.get("client"), dict)
+    }
+    environment = old.get("environment") or {
+        "note": "not recorded: summary.json was missing when `capplan report` rebuilt it"
+    }
+    summary = summarize(
+        records,
+        old.get("config") or None,
+        selfcheck=selfcheck or None,
+        environment=environment,
+        interrupted=bool(old.get("interrupted", False)),
+        engine=str(old.get("engine") or "unknown"),
+        run_id=old.get("run_id") or run_id,
+    )
+    for key in ("started_at", "ended_at"):
+        if key in old:
+            summary[key] = old[key]
+    # What the engine added beside the figures (records alone do not hold it).
+    attach_load_model_runs(summary, load_model_runs_of(old))
+    if isinstance(old.get("locust"), dict):
+        from capplan.loadtest.locust_engine import apply_locust_block
+
+        apply_locust_block(summary, old["locust"])
+    summary["rebuilt"] = REBUILT_NOTE
+    return summary
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

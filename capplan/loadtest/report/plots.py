@@ -1,0 +1,194 @@
+"""The report's figures as PNG bytes (matplotlib's Agg canvas, no pyplot global state).
+
+Each function returns None when the run has nothing to show for it, so the report leaves the
+figure out instead of drawing an empty frame.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 110
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+PERCENTILE_STYLE = {"p50": ("-", "o"), "p90": ("--", "s"), "p99": (":", "^")}
+_STEP = re.compile(r"^(?P<kind>[a-z_]+)=(?P<value>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)$")
+
+
+def png_bytes(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    fig.patch.set_facecolor("white")
+    return fig
+
+
+def tidy(ax: Axes) -> None:
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def step_axis(labels: Sequence[str]) -> tuple[str, list[float]] | None:
+    """`["concurrency=1", "concurrency=8"]` -> ("concurrency", [1, 8]); None if not numeric."""
+    kinds, values = set(), []
+    for label in labels:
+        match = _STEP.match(label)
+        if match is None:
+            return None
+        kinds.add(match["kind"])
+        values.append(float(match["value"]))
+    if len(kinds) != 1:
+        return None
+    return kinds.pop(), values
+
+
+def ladder_figure(steps: Sequence[Mapping[str, Any]]) -> bytes | None:
+    """Latency percentiles and throughput against the ladder's concurrency (or rate)."""
+    if len(steps) < 2:
+        return None
+    labels = [str(s.get("step", i)) for i, s in enumerate(steps)]
+    axis = step_axis(labels)
+    if axis is not None:
+        xlabel, x = axis
+    else:
+        xlabel, x = "step", [float(i) for i in range(len(steps))]
+    fig = new_figure(11, 7)
+    axes = fig.subplots(2, 2, sharex=True)
+    panels = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("e2e_ms", "E2E latency (ms)"))
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
+        for i, (p, (style, marker)) in enumerate(PERCENTILE_STYLE.items()):
+            y = [_get(s, key, p) for s in steps]
+            ax.plot(x, y, linestyle=style, marker=marker, color=COLORS[i], label=p)
+        ax.set_title(title, loc="left", fontsize=11)
+        ax.set_ylim(bottom=0)
+    if any(isinstance(s.get("latency_ms"), Mapping) for s in steps):
+        # Open loop: latency from the intended start includes time spent waiting to be sent.
+        ax = axes[1][0]
+        y = [_get(s, "latency_ms", "p99") for s in steps]
+        ax.plot(x, y, color="#555", linestyle="-.", marker="v", label="p99 from intended start")
+        ax.legend(fontsize=8, frameon=False, loc="upper left")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    # One legend for the three latency panels, above them: inside, it would sit on some curve.
+    fig.legend(handles, names, loc="outside upper center", ncol=3, fontsize=9, frameon=False)
+    ax = axes[1][1]
+    tokens = [_get(s, "throughput", "output_tokens_per_s") for s in steps]
+    goodput = [_get(s, "goodput", "requests_per_s") for s in steps]
+    requests = [_get(s, "throughput", "requests_per_s") for s in steps]
+    ax.plot(x, tokens, marker="o", color=COLORS[2], label="output tokens/s")
+    ax.set_title("Throughput", loc="left", fontsize=11)
+    ax.set_ylabel("output tokens/s")
+    twin = ax.twinx()
+    twin.plot(x, requests, marker="s", linestyle="--", color=COLORS[4], label="requests/s")
+    if any(g is not None for g in goodput) and goodput != requests:
+        twin.plot(x, goodput, marker="^", linestyle=":", color=COLORS[3], label="goodput req/s")
+    twin.set_ylabel("requests/s")
+    twin.set_ylim(0, max([v for v in requests + goodput if v is not None] or [1.0]) * 1.25)
+    ax.set_ylim(0, max([v for v in tokens if v is not None] or [1.0]) * 1.25)
+    twin.spines["top"].set_visible(False)
+    lines = ax.get_lines() + twin.get_lines()
+    labels_ = [str(line.get_label()) for line in lines]
+    ax.legend(lines, labels_, fontsize=8, frameon=False, loc="upper left")
+    for ax in axes.flat:
+        tidy(ax)
+        if axis is not None and min(x) > 0 and max(x) / min(x) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{v:g}" for v in x] if axis is not None else labels, fontsize=8)
+    names = {"rate": "arrival rate (requests/s)", "concurrency": "concurrency (closed loop)"}
+    for ax in axes[1]:
+        ax.set_xlabel(names.get(xlabel, xlabel))
+    errors = [_get(s, "error_rate") or 0.0 for s in steps]
+    if any(errors):
+        worst = max(errors)
+        ax.annotate(
+            f"failed requests: up to {worst:.1%} of a step", (0.99, 0.02),
+            xycoords="axes fraction", ha="right", fontsize=8, color="#b00",
+        )  # fmt: skip
+    return png_bytes(fig)
+
+
+def distributions_figure(requests: pd.DataFrame, step_order: Sequence[str]) -> bytes | None:
+    """TTFT and E2E of successful, measured requests: histograms, or CDFs for a ladder."""
+    measured = _measured_ok(requests)
+    if measured.empty:
+        return None
+    steps = [s for s in step_order if (measured["step"] == s).any()] or [""]
+    fig = new_figure(11, 3.8)
+    axes = fig.subplots(1, 2)
+    for ax, key, title in ((axes[0], "ttft_ms", "TTFT"), (axes[1], "e2e_ms", "E2E latency")):
+        values_by_step = {
+            s: measured.loc[measured["step"] == s, key].dropna().to_numpy(dtype=float)
+            for s in steps
+        }
+        if len(steps) == 1:
+            values = values_by_step[steps[0]]
+            _histogram(ax, values, COLORS[0])
+            ax.set_ylabel("requests")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            for i, (step, values) in enumerate(values_by_step.items()):
+                if len(values):
+                    ordered = np.sort(values)
+                    frac = np.arange(1, len(ordered) + 1) / len(ordered)
+                    ax.step(ordered, frac, where="post", color=COLORS[i % len(COLORS)], label=step)
+            ax.set_ylabel("fraction of requests ≤ x")
+            ax.set_ylim(0, 1.02)
+            ax.legend(fontsize=8, frameon=False)
+        every = np.concatenate([v for v in values_by_step.values() if len(v)] or [np.array([])])
+        if len(steps) > 1 and len(every) and every.min() > 0 and every.max() / every.min() >= 20:
+            ax.set_xscale("log")  # steps an order of magnitude apart stay readable side by side
+        ax.set_xlabel(f"{title} (ms)")
+        ax.set_title(title, loc="left", fontsize=11)
+        tidy(ax)
+    if not measured["ttft_ms"].notna().any():
+        axes[0].text(0.5, 0.5, "no streamed tokens", ha="center", transform=axes[0].transAxes)
+    return png_bytes(fig)
+
+
+def _histogram(ax: Axes, values: np.ndarray, color: str) -> None:
+    if len(values) == 0:
+        return
+    bins = min(60, max(10, int(np.sqrt(len(values)) * 2)))
+    ax.hist(values, bins=bins, color=color, alpha=0.75, edgecolor="white", linewidth=0.5)
+    for p, (style, _) in PERCENTILE_STYLE.items():
+        v = float(np.percentile(values, int(p[1:])))
+        ax.axvline(v, color="#333", linestyle=style, linewidth=1)
+        ax.annotate(
+            f"{p} {v:.0f}" if v >= 100 else f"{p} {v:.1f}",
+            (v, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=8,
+        )
+
+
+def _measured_ok(requests: pd.DataFrame) -> pd.DataFrame:
+    if requests.empty:
+        return requests
+    mask = requests["ok"].astype(bool) & ~requests["warmup"].astype(bool)
+    return requests[mask]
+
+
+def _get(block: Mapping[str, Any], key: str, sub: str | None = None) -> float | None:
+    value = block.get(key)
+    if sub is not None:
+        value = value.get(sub) if isinstance(value, Mapping) else None
+    return float(value) if isinstance(value, int | float) else None

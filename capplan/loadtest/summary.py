@@ -1,0 +1,296 @@
+"""summary.json from request records alone, so every engine and `capplan report` agree.
+
+One block per ladder step (in `steps`). A single-step run also carries its block at the top
+level; a ladder carries the whole run's block under `overall`, so a top-level figure never
+mixes rungs by accident. Failed requests are counted in every denominator and never dropped;
+warmup requests (flagged by the engine by event time) are counted apart and excluded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from capplan import __version__
+from capplan.loadtest.metrics import RequestMetrics, request_metrics, stats
+from capplan.loadtest.record import RequestRecord
+from capplan.loadtest.scenario import LoadConfig, Slo
+
+SCHEMA_VERSION = 1
+LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+# Open-loop generator lag above this at p99 means the client, not the server, set the pace.
+MAX_GENERATOR_LAG_P99_MS = 10.0
+MIN_MEASURED_REQUESTS = 10
+
+
+def summarize(
+    records: Iterable[RequestRecord],
+    config: LoadConfig | Mapping[str, Any] | None = None,
+    *,
+    selfcheck: Mapping[str, Mapping[str, Any]] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    interrupted: bool = False,
+    engine: str = "httpx",
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The summary.json dict. `selfcheck` maps step label -> client self-check figures."""
+    records = list(records)
+    config_dict = config.to_dict() if isinstance(config, LoadConfig) else dict(config or {})
+    slo = config.slo if isinstance(config, LoadConfig) else _slo_from(config_dict.get("slo"))
+    labels = _step_order(records, config_dict)
+    steps = []
+    for label in labels:
+        step_records = [r for r in records if r.step == label]
+        check = (selfcheck or {}).get(label)
+        steps.append(summarize_step(step_records, slo, label=label, selfcheck=check))
+    overall = summarize_step(records, slo, label="overall")
+    if len(steps) > 1:
+        overall_check = [s for s in steps if not s["valid"]]
+        if overall_check:
+            overall["valid"] = False
+            overall["reasons"] = [f"{s['step']}: {r}" for s in overall_check for r in s["reasons"]]
+    summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "engine": engine,
+        "config": config_dict,
+        "environment": dict(environment) if environment is not None else collect_environment(),
+        "interrupted": interrupted,
+    }
+    if len(steps) == 1:
+        summary.update({k: v for k, v in steps[0].items() if k != "step"})
+        summary["step"] = steps[0]["step"]
+    else:
+        summary["overall"] = overall
+        summary["requests"] = overall["requests"]
+    summary["steps"] = steps
+    reasons = list(overall["reasons"]) if len(steps) > 1 else list(summary.get("reasons", []))
+    if interrupted:
+        reasons.append("interrupted before the planned end: figures cover what finished")
+    summary["valid"] = not reasons
+    summary["reasons"] = reasons
+    return summary
+
+
+def load_model_run(engine: str, mode: str, how: str) -> dict[str, str]:
+    """Which load model an engine really ran for a step; the same shape from every engine."""
+    return {"engine": engine, "mode": mode, "how": how}
+
+
+def attach_load_model_runs(summary: dict[str, Any], runs: Mapping[str, Mapping[str, str]]) -> None:
+    """Puts each step's `load_model_run` beside its figures (and at the top for one step)."""
+    for block in summary["steps"]:
+        if block["step"] in runs:
+            block["load_model_run"] = dict(runs[block["step"]])
+    if len(summary["steps"]) == 1 and "load_model_run" in summary["steps"][0]:
+        summary["load_model_run"] = summary["steps"][0]["load_model_run"]
+
+
+def load_model_runs_of(summary: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The `load_model_run` blocks an existing summary holds, by step label."""
+    return {
+        str(block["step"]): dict(block["load_model_run"])
+        for block in summary.get("steps", [])
+        if isinstance(block, dict) and isinstance(block.get("load_model_run"), dict)
+    }
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Atomic write: a reader never sees half a summary (or config)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def summarize_step(
+    records: Sequence[RequestRecord],
+    slo: Slo,
+    *,
+    label: str,
+    selfcheck: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One step's block: requests, latencies, throughput, goodput, validity."""
+    warmup = [r for r in records if r.warmup]
+    measured = [r for r in records if not r.warmup]
+    ok = [r for r in measured if r.ok]
+    by_status: Counter[str] = Counter()
+    by_error: Counter[str] = Counter()
+    for r in measured:
+        by_status[str(r.status) if r.status is not None else (r.error or "no_response")] += 1
+        if not r.ok:
+            by_error[r.error or f"http_{r.status}"] += 1
+    metrics = [request_metrics(r) for r in ok]
+    all_metrics = [request_metrics(r) for r in measured]
+    window_s = _window_s(measured)
+    output_tokens = sum(r.output_tokens for r in ok)
+    good = [r for r, m in zip(ok, metrics, strict=True) if _meets(m, slo)]
+    open_loop = any(r.intended_start is not None for r in measured)
+    block: dict[str, Any] = {
+        "step": label,
+        "requests": {
+            "total": len(measured),
+            "ok": len(ok),
+            "failed": len(measured) - len(ok),
+            "warmup_excluded": len(warmup),
+            "by_status": dict(sorted(by_status.items())),
+            "by_error": dict(sorted(by_error.items())),
+        },
+        "error_rate": _ratio(len(measured) - len(ok), len(measured)),
+        "ttft_ms": stats(m.ttft_ms for m in metrics if m.ttft_ms is not None),
+        "tpot_ms": stats(m.tpot_ms for m in metrics if m.tpot_ms is not None),
+        "itl_ms": stats(gap for m in metrics for gap in m.itl_ms),
+        "e2e_ms": stats(m.e2e_ms for m in metrics),
+    }
+    if open_loop:
+        block["latency_ms"] = stats(m.latency_ms for m in metrics if m.latency_ms is not None)
+        block["generator_lag_ms"] = stats(
+            m.generator_lag_ms for m in all_metrics if m.generator_lag_ms is not None
+        )
+    block["tokens"] = {
+        "prompt_total": sum(r.prompt_tokens or 0 for r in ok),
+        "output_total": output_tokens,
+        "output_per_request": stats(float(r.output_tokens) for r in ok),
+        "prompt_source": dict(Counter(r.prompt_tokens_source for r in ok)),
+        "output_source": dict(Counter(r.output_tokens_source for r in ok)),
+    }
+    block["throughput"] = {
+        "requests_per_s": _rate(len(ok), window_s),
+        "output_tokens_per_s": _rate(output_tokens, window_s),
+        "window_s": round(window_s, 3),
+    }
+    block["goodput"] = {
+        "requests_per_s": _rate(len(good), window_s),
+        "fraction": _ratio(len(good), len(measured)),
+        "slo": {k: v for k, v in vars(slo).items() if v is not None},
+    }
+    if selfcheck is not None:
+        block["client"] = dict(selfcheck)
+    reasons, notes = _validity(block, selfcheck)
+    block["valid"] = not reasons
+    block["reasons"] = reasons
+    block["notes"] = notes
+    return block
+
+
+def _validity(
+    block: Mapping[str, Any], selfcheck: Mapping[str, Any] | None
+) -> tuple[list[str], list[str]]:
+    reasons: list[str] = []
+    notes: list[str] = []
+    requests = block["requests"]
+    if requests["total"] == 0 and requests["warmup_excluded"]:
+        reasons.append("every request fell in the warmup: shorten --warmup or send more")
+    elif requests["total"] == 0:
+        reasons.append("no request was measured")
+    elif requests["ok"] == 0:
+        reasons.append("no request succeeded: latency figures are empty")
+    elif requests["total"] < MIN_MEASURED_REQUESTS:
+        notes.append(f"only {requests['total']} requests measured: tail percentiles are rough")
+    lag = block.get("generator_lag_ms", {}).get("p99")
+    if lag is not None and lag > MAX_GENERATOR_LAG_P99_MS:
+        reasons.append(
+            f"client fell behind the arrival schedule (generator lag p99 {lag:.1f} ms > "
+            f"{MAX_GENERATOR_LAG_P99_MS:g} ms): client-bound"
+        )
+    if selfcheck is not None:
+        reasons.extend(str(r) for r in selfcheck.get("reasons", []))
+    sources = block["tokens"]["output_source"]
+    if len(sources) > 1:
+        notes.append(f"output tokens counted from mixed sources: {sources}")
+    elif "chunks" in sources:
+        notes.append("output tokens counted as chunks (no usage, no tokenizer): may undercount")
+    return reasons, notes
+
+
+def _meets(m: RequestMetrics, slo: Slo) -> bool:
+    # A non-streamed answer shows its first token at the end: its TTFT, as the user feels it.
+    ttft = m.ttft_ms if m.ttft_ms is not None else m.e2e_ms
+    if slo.ttft_ms is not None and ttft > slo.ttft_ms:
+        return False
+    if slo.tpot_ms is not None and m.tpot_ms is not None and m.tpot_ms > slo.tpot_ms:
+        return False
+    return slo.e2e_ms is None or m.e2e_ms <= slo.e2e_ms
+
+
+def _window_s(records: Sequence[RequestRecord]) -> float:
+    """From the first intended (or actual) send to the last end among measured requests."""
+    if not records:
+        return 0.0
+    start = min(r.intended_start if r.intended_start is not None else r.send for r in records)
+    end = max(r.end for r in records)
+    return max(0.0, end - start)
+
+
+def _rate(count: float, window_s: float) -> float | None:
+    return round(count / window_s, 4) if window_s > 0 else None
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def _slo_from(value: object) -> Slo:
+    if not isinstance(value, Mapping):
+        return Slo()
+    keys = ("ttft_ms", "tpot_ms", "e2e_ms")
+    return Slo(**{k: float(value[k]) for k in keys if value.get(k) is not None})
+
+
+def _step_order(records: Sequence[RequestRecord], config: Mapping[str, Any]) -> list[str]:
+    seen = list(dict.fromkeys(r.step for r in records))
+    planned = [s for s in config.get("steps", []) if isinstance(s, str)]
+    ordered = [s for s in planned if s in seen] + [s for s in seen if s not in planned]
+    return ordered or (planned[:1] if planned else [""])
+
+
+def collect_environment() -> dict[str, Any]:
+    """capplan and Python versions, the host, and the GPUs NVML reports (none without NVML)."""
+    env: dict[str, Any] = {
+        "capplan": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "gpus": _nvml_gpus(),
+    }
+    try:
+        import httpx
+
+        env["httpx"] = httpx.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _nvml_gpus() -> list[dict[str, Any]]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no library, no GPU: all mean "none"
+        return []
+    try:
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append(
+                {
+                    "index": index,
+                    "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "memory_total_bytes": int(memory.total),
+                }
+            )
+        return gpus
+    except Exception:
+        return []
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()

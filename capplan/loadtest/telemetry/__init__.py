@@ -1,0 +1,1 @@
+"""Telemetry on the requests' clock: NVML per GPU, the target's /metrics and /stats, the host."""

@@ -1,0 +1,188 @@
+"""Load-test output: the live progress line and the end-of-run table (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from capplan.loadtest.live import ProgressSnapshot
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f}s" if value >= 10_000 else f"{value:.0f}ms"
+
+
+def progress_text(snap: ProgressSnapshot) -> Text:
+    """One line: elapsed, step, sent/finished/failed, rolling p50/p95, tokens/s, GPU memory."""
+    text = Text()
+    text.append(f"{snap.elapsed_s:6.1f}s ", style="bold")
+    text.append(f"[{snap.step_index + 1}/{snap.steps}] {snap.step}  ", style="cyan")
+    text.append(f"sent {snap.sent}  done {snap.finished}  ")
+    text.append(f"failed {snap.failed}  ", style="red" if snap.failed else "")
+    text.append(f"in flight {snap.in_flight}  ")
+    text.append(f"TTFT p50/p95 {_ms(snap.ttft_p50_ms)}/{_ms(snap.ttft_p95_ms)}  ")
+    text.append(f"E2E p50/p95 {_ms(snap.e2e_p50_ms)}/{_ms(snap.e2e_p95_ms)}  ")
+    text.append(f"{snap.output_tokens_per_s:.0f} tok/s")
+    memory = _gpu_memory(snap.telemetry)
+    if memory:
+        text.append(f"  {memory}", style="magenta")
+    return text
+
+
+def _gpu_memory(sample: Mapping[str, Any]) -> str | None:
+    """GPU memory and utilisation from the sampler's latest() row, with its source."""
+    used, total = sample.get("gpu_mem_used_mib"), sample.get("gpu_mem_total_mib")
+    if not isinstance(used, int | float):
+        return None
+    text = f"GPU mem {used / 1024:.1f}"
+    text += f"/{total / 1024:.1f} GiB" if isinstance(total, int | float) else " GiB"
+    util = sample.get("gpu_util_pct")
+    if isinstance(util, int | float):
+        text += f" util {util:.0f}%"
+    source = sample.get("gpu_mem_source")
+    return f"{text} ({source})" if source else text
+
+
+class LiveProgress:
+    """A rich Live display fed by the runner's progress callback."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self._live = Live(Text("starting..."), console=self.console, refresh_per_second=4)
+
+    def __enter__(self) -> LiveProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def __call__(self, snap: ProgressSnapshot) -> None:
+        self._live.update(progress_text(snap))
+
+
+def _p(block: Mapping[str, Any] | None, stat: str) -> float | None:
+    if not isinstance(block, Mapping):
+        return None
+    value = block.get(stat)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def summary_table(summary: Mapping[str, Any]) -> Table:
+    """One row per step: requests, latency percentiles, throughput, goodput, validity."""
+    table = Table(title=f"capplan loadtest: {summary.get('config', {}).get('name', '')}")
+    for column in (
+        "step",
+        "ok/failed",
+        "TTFT p50/p95/p99",
+        "TPOT p50/p95",
+        "ITL p95",
+        "E2E p50/p95",
+        "req/s",
+        "tok/s",
+        "goodput",
+        "valid",
+    ):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for step in summary.get("steps", []):
+        requests = step.get("requests", {})
+        throughput = step.get("throughput", {})
+        goodput = step.get("goodput", {})
+        ttft, tpot, e2e = step.get("ttft_ms"), step.get("tpot_ms"), step.get("e2e_ms")
+        fraction = goodput.get("fraction")
+        table.add_row(
+            str(step.get("step", "")),
+            f"{requests.get('ok', 0)}/{requests.get('failed', 0)}",
+            "/".join(_ms(_p(ttft, s)) for s in ("p50", "p95", "p99")),
+            "/".join(_ms(_p(tpot, s)) for s in ("p50", "p95")),
+            _ms(_p(step.get("itl_ms"), "p95")),
+            "/".join(_ms(_p(e2e, s)) for s in ("p50", "p95")),
+            _num(throughput.get("requests_per_s"), 2),
+            _num(throughput.get("output_tokens_per_s"), 0),
+            f"{fraction:.0%}" if isinstance(fraction, int | float) else "-",
+            "yes" if step.get("valid") else "NO",
+        )
+    return table
+
+
+def _num(value: object, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def print_result(
+    console: Console,
+    summary: Mapping[str, Any],
+    out_dir: Path,
+    reports: Sequence[Path],
+    report_error: str | None,
+    thresholds: Sequence[Any],
+) -> None:
+    """The end-of-run view: table, statuses, validity, thresholds, where the files are."""
+    parts: list[Any] = [summary_table(summary)]
+    for step in summary.get("steps", []):
+        statuses = step.get("requests", {}).get("by_status", {})
+        if set(statuses) - {"200"}:
+            parts.append(Text(f"{step.get('step')}: by status {statuses}", style="yellow"))
+        for note in step.get("notes", []):
+            parts.append(Text(f"note ({step.get('step')}): {note}", style="dim"))
+    if summary.get("valid"):
+        parts.append(Text("run valid: the client kept up with the load", style="green"))
+    else:
+        parts.append(Text("run NOT valid:", style="bold red"))
+        parts.extend(Text(f"  - {reason}", style="red") for reason in summary.get("reasons", []))
+    for result in thresholds:
+        where = f" [{result.step}]" if getattr(result, "step", None) else ""
+        actual = "missing" if result.actual is None else f"{result.actual:g}"
+        style = "green" if result.passed else "bold red"
+        verdict = "pass" if result.passed else "FAIL"
+        parts.append(Text(f"threshold {result.expression}{where}: {actual} {verdict}", style=style))
+    parts.append(Text(f"records:  {out_dir / 'requests.jsonl'}"))
+    parts.append(Text(f"summary:  {out_dir / 'summary.json'}"))
+    for path in reports:
+        parts.append(Text(f"report:   {path}"))
+    if report_error:
+        parts.append(Text(f"reports not built: {report_error}", style="yellow"))
+    console.print(Group(*parts))
+
+
+def ceiling_table(result: Any, server: str) -> Group:
+    """`capplan selftest`: requests/s, then TTFT error per stream concurrency."""
+    table = Table(title="client ceiling: TTFT error by concurrent streams")
+    for column in ("streams", "TTFT p50", "TTFT p99", "error p50", "error p99", "loop lag p99",
+                   "loop CPU", "failed"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for s in result.streams:
+        table.add_row(
+            str(s.concurrency),
+            f"{s.ttft_p50_ms:.1f}ms",
+            f"{s.ttft_p99_ms:.1f}ms",
+            f"{s.error_p50_ms:+.2f}ms",
+            f"{s.error_p99_ms:+.2f}ms",
+            f"{s.loop_lag_p99_ms:.1f}ms",
+            f"{s.loop_cpu_fraction:.0%}",
+            str(s.failed),
+        )
+    bound = "client-bound" if result.requests_loop_cpu_fraction > 0.9 else "server-bound"
+    lines: list[Any] = [
+        Text(
+            f"non-streamed requests/s: {result.requests_per_s:.0f} "
+            f"(client loop CPU {result.requests_loop_cpu_fraction:.0%}: {bound})",
+            style="bold",
+        ),
+        table,
+        Text(
+            f"streams held with median TTFT error < 2 ms: {result.streams_held} "
+            f"(emulated TTFT {result.ttft_ms:g} ms, TPOT {result.tpot_ms:g} ms; "
+            f"offset at concurrency 1: {result.offset_ms:.2f} ms; server in a {server})",
+            style="bold",
+        ),
+    ]
+    return Group(*lines)
