@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: install
-	$(CAPPLAN) estimate --gpu rtx3080 --model qwen3-8b-int8 --prompt-tokens 512 --max-tokens 512
+	$(CAPPLAN) demo
 
 lint: install
 	$(PY) -m ruff check capplan reference_server tests benchmarks scenarios

@@ -14,6 +14,7 @@ from capplan import __version__
 from capplan.commands import (
     catalog,
     compare,
+    demo,
     estimate,
     loadtest,
     locust_worker,
@@ -60,6 +61,7 @@ for _module in (
     validate,
     plan,
     compare,
+    demo,
 ):
     _module.register(app)
 

@@ -1,9 +1,147 @@
-"""Command placeholder: its owner fills in `register`."""
+"""`capplan plan --rate R --slo ...`: replicas and GPUs for a target arrival rate."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's command(s) to the root app."""
+    app.command("plan")(plan)
+
+
+def plan(
+    rate: float = typer.Option(..., "--rate", help="Target arrival rate, requests/s."),
+    slo: list[str] = typer.Option(
+        [], "--slo", help="SLO, e.g. 'p95(ttft)<2s', 'p95(e2e)<10s'. Repeatable."
+    ),
+    headroom: float = typer.Option(
+        0.2, help="Extra capacity: 0.2 sizes for 20% above --rate (bursts, a replica down)."
+    ),
+    gpus_per_replica: int = typer.Option(1, help="GPUs one replica uses (tensor parallel)."),
+    run: Path | None = typer.Option(
+        None, "--run", help="Measured run directory (closed loop at one concurrency)."
+    ),
+    sweep: Path | None = typer.Option(
+        None, "--sweep", help="Sweep directory: plan from its highest safe concurrency."
+    ),
+    gpu: str | None = typer.Option(None, help="Estimate mode: catalog GPU id."),
+    model: str | None = typer.Option(None, help="Estimate mode: catalog model id."),
+    quant: str | None = typer.Option(None, help="Estimate mode: quantization."),
+    prompt_tokens: int = typer.Option(512, help="Estimate mode: prompt tokens per request."),
+    max_tokens: int = typer.Option(256, help="Estimate mode: output tokens per request."),
+    concurrency: int | None = typer.Option(
+        None, help="Concurrent requests per replica (default: the run's, or the KV limit)."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the plan as JSON."),
+) -> None:
+    """Replicas (and GPUs) for --rate, from a measured run, a sweep, or an estimate."""
+    from capplan.errors import InputError
+    from capplan.regression.plan import plan_replicas
+    from capplan.regression.thresholds import parse_thresholds
+    from capplan.render.regression import plan_table, stdout_console
+
+    sources = sum(x is not None for x in (run, sweep, gpu))
+    if sources != 1:
+        raise InputError("give exactly one of --run DIR, --sweep DIR, or --gpu with --model")
+    if not slo:
+        raise InputError("give at least one --slo, e.g. --slo 'p95(ttft)<2s'")
+    slos = parse_thresholds(slo)
+    if run is not None:
+        profile = _profile_from_run(run, concurrency)
+    elif sweep is not None:
+        profile = _profile_from_sweep(sweep, concurrency)
+    else:
+        if model is None:
+            raise InputError("estimate mode needs --model with --gpu")
+        profile = _profile_from_estimate(
+            str(gpu), model, quant, prompt_tokens, max_tokens, concurrency
+        )
+    result = plan_replicas(
+        profile, rate, slos, headroom=headroom, gpus_per_replica=gpus_per_replica
+    )
+    stdout_console().print(plan_table(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    if result.chosen is None:
+        raise typer.Exit(1)
+
+
+def _profile_from_run(run_dir: Path, concurrency: int | None) -> Any:
+    from capplan.errors import InputError
+    from capplan.regression.plan import profile_from_run
+    from capplan.regression.runs import load_run
+    from capplan.regression.stats import per_request_values
+
+    loaded = load_run(run_dir)
+    steps = loaded.summary.get("steps") or []
+    if len(steps) > 1:
+        raise InputError(f"'{run_dir}' is a ladder; plan from a single-step run or a sweep")
+    slots = concurrency or _run_concurrency(loaded.summary)
+    if slots is None:
+        raise InputError(
+            f"'{run_dir}' is not a closed-loop run at one concurrency; pass --concurrency "
+            "(the server's concurrent request limit)"
+        )
+    e2e = per_request_values(loaded.records, "e2e_ms").tolist()
+    return profile_from_run(loaded.summary, slots=slots, e2e_ms=e2e, source=f"measured: {run_dir}")
+
+
+def _run_concurrency(summary: dict[str, Any]) -> int | None:
+    config = summary.get("config") or {}
+    values = config.get("concurrency") or []
+    if config.get("rate") or len(values) != 1:
+        return None
+    return int(values[0])
+
+
+def _profile_from_sweep(sweep_dir: Path, concurrency: int | None) -> Any:
+    from capplan.errors import InputError
+
+    path = sweep_dir / "sweep.json" if sweep_dir.is_dir() else sweep_dir
+    if not path.is_file():
+        raise InputError(f"no sweep.json in '{sweep_dir}'; run `capplan sweep --out DIR` first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("axis") != "concurrency":
+        raise InputError("plan needs a concurrency sweep (an arrival-rate sweep has no slots)")
+    safe = data.get("highest_safe")
+    if safe is None:
+        raise InputError("the sweep found no safe concurrency; lower --start or relax the SLOs")
+    point = next(p for p in data["points"] if p["load"] == safe)
+    return _profile_from_run(Path(point["run_dirs"][0]), concurrency or int(safe))
+
+
+def _profile_from_estimate(
+    gpu: str,
+    model: str,
+    quant: str | None,
+    prompt_tokens: int,
+    max_tokens: int,
+    concurrency: int | None,
+) -> Any:
+    from capplan.errors import InputError
+    from capplan.estimate.service_timing import service_timing
+    from capplan.regression.plan import profile_from_timing
+
+    timing = service_timing(gpu, model, quant=quant)
+    per_request = timing.kv_bytes_per_token * (prompt_tokens + max_tokens)
+    kv_limit = int(timing.kv_budget_bytes // per_request) if per_request > 0 else None
+    slots = concurrency or kv_limit
+    if not slots:
+        raise InputError(
+            f"{model} on {gpu}: no request of {prompt_tokens}+{max_tokens} tokens fits the KV "
+            "budget; shorten the workload or pick a larger GPU"
+        )
+    return profile_from_timing(
+        slots=slots,
+        prompt_tokens=prompt_tokens,
+        output_tokens=max_tokens,
+        prefill_ms_per_token=timing.prefill_ms_per_token,
+        decode_step_ms=timing.decode_step_ms,
+        source=f"estimate: {model} on {gpu}, {prompt_tokens}+{max_tokens} tokens"
+        + (f", KV fits {kv_limit}" if kv_limit is not None else ""),
+    )

@@ -1,9 +1,153 @@
-"""Command placeholder: its owner fills in `register`."""
+"""`capplan sweep`: the highest load that holds the SLOs, the knee, and a plot."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's command(s) to the root app."""
+    app.command("sweep")(sweep)
+
+
+def sweep(
+    scenario: str | None = typer.Argument(None, help="Scenario name or .toml (optional)."),
+    url: str | None = typer.Option(None, help="Target server, e.g. http://127.0.0.1:8000."),
+    launch: str | None = typer.Option(
+        None,
+        help="Start the reference server once for the sweep: its options, e.g. "
+        "'--backend emulated --ttft-ms 50 --tpot-ms 20'.",
+    ),
+    axis: str = typer.Option("concurrency", help="concurrency (closed loop) or rate (open loop)."),
+    start: float = typer.Option(1.0, help="First load of the ladder."),
+    max_load: float = typer.Option(64.0, "--max", help="Highest load the ladder tries."),
+    factor: float = typer.Option(2.0, help="Ladder growth per step (2 doubles)."),
+    points: str | None = typer.Option(None, help="Explicit ladder instead, e.g. '1,2,4,8,16'."),
+    slo: list[str] = typer.Option(
+        [],
+        "--slo",
+        help="e.g. 'p95(ttft)<2s', 'p95(e2e)<10s', 'error_rate<1%'. Repeatable; "
+        "error_rate<1% is added unless an error-rate SLO is given.",
+    ),
+    bisect: bool = typer.Option(True, help="Bisect between the last pass and first failure."),
+    resolution: float = typer.Option(1.0, help="Stop bisecting at this gap."),
+    repeats: int = typer.Option(1, help="Runs per point; a point passes when every run does."),
+    saturation_gain: float = typer.Option(
+        0.05, help="Stop when doubling the load adds less throughput than this (0: never)."
+    ),
+    requests: int | None = typer.Option(None, help="Requests per point."),
+    duration: str | None = typer.Option(None, help="Duration per point, e.g. 30s."),
+    prompt_tokens: str | None = typer.Option(None, help="Prompt tokens (value or distribution)."),
+    max_tokens: str | None = typer.Option(None, help="Output tokens (value or distribution)."),
+    endpoint: str | None = typer.Option(None, help="completions or chat."),
+    tokenizer: str | None = typer.Option(
+        None, help="'embedded' or a local tokenizer directory (exact prompt lengths)."
+    ),
+    warmup: str | None = typer.Option(None, help="Trimmed from each point: 5s."),
+    timeout: str | None = typer.Option(None, help="Per request: 120s."),
+    api_key: str | None = typer.Option(None, envvar="CAPPLAN_API_KEY"),
+    out: Path | None = typer.Option(None, help="Sweep directory (default reports/sweep-<time>)."),
+    resume: bool = typer.Option(True, help="Reuse points already measured under --out."),
+    plot: bool = typer.Option(True, help="Write sweep.png."),
+    point_reports: bool = typer.Option(
+        False, help="Also build each point's report.html (slower; `capplan report DIR` later)."
+    ),
+) -> None:
+    """Raise the load until an SLO breaks or the server saturates; report the highest safe point."""
+    import time
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from capplan.errors import InputError
+    from capplan.loadtest.runner import load_scenario, run_load
+    from capplan.regression.sweep import SweepSpec, parse_slos, run_sweep
+    from capplan.render.regression import stdout_console, sweep_table
+
+    if axis not in ("concurrency", "rate"):
+        raise InputError("--axis must be concurrency or rate")
+    ladder = _parse_points(points)
+    spec = SweepSpec(
+        axis="concurrency" if axis == "concurrency" else "rate",
+        slos=parse_slos(slo),
+        start=start,
+        max_load=max(max_load, max(ladder, default=start)),
+        factor=factor,
+        ladder=ladder,
+        bisect=bisect,
+        resolution=resolution,
+        repeats=repeats,
+        saturation_gain=saturation_gain,
+    )
+    overrides: dict[str, Any] = {
+        "url": url,
+        "launch": launch,
+        "requests": requests,
+        "duration": duration,
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": max_tokens,
+        "endpoint": endpoint,
+        "tokenizer": tokenizer,
+        "warmup": warmup,
+        "timeout": timeout,
+        "api_key": api_key,
+    }
+    if requests is None and duration is None and scenario is None:
+        overrides["requests"] = 50
+    config = load_scenario(scenario, overrides)
+    out_dir = out or Path("reports") / f"sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    console = Console(stderr=True)
+
+    def on_point(point: Any) -> None:
+        verdict = "pass" if point.passed else "fail: " + ", ".join(point.broken)
+        console.print(f"  {spec.axis}={point.load:g}: {verdict}")
+
+    with _target(config, out_dir) as target_url:
+        base = replace(config, url=target_url, launch=None, ramp=None)
+
+        def run_point(load: float, repeat: int, run_dir: Path) -> dict[str, Any]:
+            if spec.axis == "concurrency":
+                cfg = replace(base, concurrency=(int(load),), rate=(), seed=base.seed + repeat)
+            else:
+                cfg = replace(base, rate=(load,), concurrency=(), seed=base.seed + repeat)
+            return run_load(cfg, out_dir=run_dir, reports=point_reports).summary
+
+        result = run_sweep(spec, run_point, out_dir, resume=resume, on_point=on_point)
+    if plot and result.points:
+        from capplan.regression.plot import plot_sweep
+
+        png = plot_sweep(result, out_dir / "sweep.png")
+        result = replace(result, plot=str(png))
+        import json
+
+        (out_dir / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2))
+    stdout_console().print(sweep_table(result))
+
+
+def _parse_points(points: str | None) -> tuple[float, ...]:
+    from capplan.errors import InputError
+
+    if not points:
+        return ()
+    try:
+        values = tuple(float(p) for p in points.split(",") if p.strip())
+    except ValueError:
+        raise InputError(f"--points '{points}': write numbers separated by commas") from None
+    if any(v <= 0 for v in values):
+        raise InputError("--points must all be above 0")
+    return values
+
+
+def _target(config: Any, out_dir: Path) -> Any:
+    """The URL to load: the given one, or one reference server launched for the whole sweep."""
+    import contextlib
+
+    if config.launch is None:
+        return contextlib.nullcontext(config.url)
+    from capplan.loadtest.launch import launched_server
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return launched_server(config.launch, log_path=out_dir / "server.log")

@@ -1,9 +1,149 @@
-"""Command placeholder: its owner fills in `register`."""
+"""`capplan validate`: the estimate and a measurement of the same deployment, side by side."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's command(s) to the root app."""
+    app.command("validate")(validate)
+
+
+def validate(
+    gpu: str = typer.Option(..., help="Catalog GPU id, e.g. rtx3080."),
+    model: str = typer.Option(..., help="Catalog model id, e.g. qwen3-8b-int8."),
+    prompt_tokens: int = typer.Option(256, help="Prompt tokens per request."),
+    max_tokens: int = typer.Option(64, help="Output tokens per request."),
+    concurrency: int = typer.Option(4, help="Concurrent requests (closed loop)."),
+    requests: int = typer.Option(24, help="Requests to measure."),
+    url: str | None = typer.Option(
+        None, help="Measure this server (a real GPU) instead of the emulated backend."
+    ),
+    run: Path | None = typer.Option(None, help="Use this finished run instead of measuring."),
+    sweep: Path | None = typer.Option(
+        None, help="A sweep directory of the same workload: its safe concurrency is measured."
+    ),
+    tolerance: float = typer.Option(10.0, help="Error (%) within which a figure agrees."),
+    out: Path | None = typer.Option(None, help="Run directory (default reports/validate-<time>)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON."),
+) -> None:
+    """Without --url or --run it launches the emulated backend with this GPU and model's timing,
+    which must agree with the estimate; against a real server the error column is the
+    estimator's error. Exit 1 when a figure is off by more than --tolerance."""
+    import time
+
+    from capplan.errors import InputError
+    from capplan.regression.validate import (
+        WorkloadShape,
+        estimated_figures,
+        measured_figures,
+    )
+    from capplan.regression.validate import (
+        validate as side_by_side,
+    )
+    from capplan.render.regression import stdout_console, validation_table
+
+    if url is not None and run is not None:
+        raise InputError("give --url (measure now) or --run (a finished run), not both")
+    shape = WorkloadShape(prompt_tokens, max_tokens, concurrency)
+    timing, peak_bytes = _estimate(gpu, model, shape)
+    emulated = url is None and run is None
+    if run is None:
+        run = out or Path("reports") / f"validate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        _measure(run, gpu, model, shape, requests, url)
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        raise InputError(f"no summary.json in '{run}'; pass a run directory from a load test")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    counts = summary.get("requests") or {}
+    if not counts.get("ok"):
+        raise InputError(
+            f"no request succeeded in '{run}' (by status: {counts.get('by_status')}); "
+            "check that the workload fits (capplan estimate) and the server is up"
+        )
+    estimate = estimated_figures(timing, shape, peak_memory_bytes=None if emulated else peak_bytes)
+    measured = measured_figures(
+        summary,
+        safe_concurrency=_sweep_safe(sweep) if sweep is not None else None,
+        telemetry_csv=run / "telemetry.csv",
+    )
+    mode = "emulated backend" if emulated else "measured server"
+    subject = f"{model} on {gpu}, {prompt_tokens}+{max_tokens} tokens x {concurrency} ({mode})"
+    result = side_by_side(estimate, measured, subject=subject, tolerance_pct=tolerance)
+    stdout_console().print(validation_table(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    if not result.agrees:
+        raise typer.Exit(1)
+
+
+def _estimate(gpu: str, model: str, shape: Any) -> tuple[Any, float | None]:
+    """Service timing, and the estimator's peak memory at this concurrency (weights + KV + rest)."""
+    from capplan.estimate.service_timing import service_timing
+
+    timing = service_timing(gpu, model)
+    peak: float | None = None
+    try:
+        from capplan.estimate.estimator import EstimateRequest, estimate
+        from capplan.estimate.gpu_spec import resolve_gpu
+        from capplan.estimate.model_spec import resolve_model
+
+        result = estimate(
+            EstimateRequest(
+                gpu=resolve_gpu(gpu),
+                model=resolve_model(model),
+                prompt_tokens=shape.prompt_tokens,
+                max_tokens=shape.output_tokens,
+            )
+        )
+        m = result.memory
+        fixed = m.weights_bytes + m.non_torch_bytes + m.activation_bytes
+        peak = fixed + m.allocator_reserve_bytes + shape.concurrency * m.kv_per_request_bytes
+    except ImportError:
+        peak = None
+    return timing, peak
+
+
+def _measure(
+    run_dir: Path, gpu: str, model: str, shape: Any, requests: int, url: str | None
+) -> None:
+    from capplan.loadtest.runner import load_scenario, run_load
+
+    overrides: dict[str, Any] = {
+        "requests": requests,
+        "concurrency": shape.concurrency,
+        "prompt_tokens": shape.prompt_tokens,
+        "max_tokens": shape.output_tokens,
+        "ignore_eos": True,
+        "name": "validate",
+    }
+    if url is not None:
+        overrides["url"] = url
+    else:
+        overrides["launch"] = [
+            "--backend", "emulated", "--gpu", gpu, "--emulated-model", model,
+            "--max-concurrent", str(shape.concurrency), "--queue-size", str(shape.concurrency),
+            "--max-tokens-cap", str(max(shape.output_tokens, 1024)),
+        ]  # fmt: skip
+    run_load(load_scenario(None, overrides), out_dir=run_dir, reports=False)
+
+
+def _sweep_safe(sweep_dir: Path) -> float | None:
+    """Where the sweep's server started refusing (429/503), else its highest safe point."""
+    from capplan.errors import InputError
+
+    path = sweep_dir / "sweep.json" if sweep_dir.is_dir() else sweep_dir
+    if not path.is_file():
+        raise InputError(f"no sweep.json in '{sweep_dir}'; run `capplan sweep --out DIR` first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rejection = data.get("first_rejection")
+    if rejection is not None:
+        passing = [p["load"] for p in data["points"] if p["load"] < rejection]
+        return max(passing) if passing else None
+    value = data.get("highest_safe")
+    return float(value) if value is not None else None

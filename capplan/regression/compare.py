@@ -1,0 +1,328 @@
+"""Baseline vs current run: per-metric deltas and a verdict against `--max-regression` limits.
+
+A metric regresses only when its change in the worse direction exceeds its limit *and* a test on
+the raw records says the change is not noise: the bootstrap interval of the difference in the
+same statistic (p95 vs p95) lies wholly on the worse side of zero (with under 40 requests a side,
+a Mann-Whitney U shift of the whole distribution is required as well); for the error rate a
+one-sided two-proportion test. Throughput has no per-request sample, so its limit alone decides.
+Without records (a bare summary.json) the limit alone decides for every metric.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from capplan.errors import InputError
+from capplan.regression.metrics import (
+    STATS,
+    canonical_metric,
+    flatten,
+    higher_is_better,
+    is_latency,
+    metric_name,
+)
+from capplan.regression.runs import LoadedRun
+from capplan.regression.stats import (
+    SAMPLED_METRICS,
+    bootstrap_difference,
+    mann_whitney_greater,
+    per_request_values,
+    proportion_greater,
+)
+
+Verdict = Literal["pass", "regression", "noise", "improved", "info", "missing"]
+
+SMALL_SAMPLE = 40  # per side; below it the bootstrap alone does not decide
+DEFAULT_LIMITS = ("p95_ttft_ms=25%", "p95_e2e_ms=25%", "p50_tpot_ms=25%", "error_rate=0.01")
+SHOWN_METRICS = (
+    "p50_ttft_ms",
+    "p95_ttft_ms",
+    "p50_tpot_ms",
+    "p95_tpot_ms",
+    "p50_itl_ms",
+    "p95_itl_ms",
+    "p50_e2e_ms",
+    "p95_e2e_ms",
+    "p99_e2e_ms",
+    "error_rate",
+    "requests_per_s",
+    "output_tokens_per_s",
+)
+
+_LIMIT = re.compile(
+    r"^\s*(?P<metric>[a-z0-9_()]+)\s*=\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<unit>%|ms|s)?\s*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """How much worse a metric may get: relative (`10%`) or absolute (`50ms`, `0.01`)."""
+
+    metric: str
+    value: float  # a fraction when relative, else in the metric's unit (ms for latency)
+    relative: bool
+    text: str
+
+    def exceeded(self, baseline: float, worse_by: float) -> bool:
+        if self.relative:
+            if baseline == 0:
+                return worse_by > 0
+            return worse_by / abs(baseline) > self.value
+        return worse_by > self.value
+
+
+def parse_limit(text: str) -> Limit:
+    match = _LIMIT.match(text)
+    if match is None:
+        raise InputError(
+            f"cannot read limit '{text}'; write e.g. 'p95_e2e_ms=10%', 'p95(ttft)=50ms' "
+            "or 'error_rate=0.01'"
+        )
+    metric = _limit_metric(match["metric"])
+    value = float(match["number"])
+    unit = (match["unit"] or "").lower()
+    if unit == "%":
+        return Limit(metric, value / 100.0, True, text.strip())
+    if unit in ("ms", "s"):
+        if not is_latency(metric):
+            raise InputError(f"limit '{text}': '{metric}' is not a latency; drop the '{unit}'")
+        return Limit(metric, value * (1000.0 if unit == "s" else 1.0), False, text.strip())
+    return Limit(metric, value, False, text.strip())
+
+
+def _limit_metric(spelled: str) -> str:
+    spelled = spelled.lower()
+    call = re.fullmatch(r"([a-z0-9]+)\(([a-z_0-9]+)\)", spelled)
+    if call:
+        return metric_name(call[1], call[2])
+    stat, _, rest = spelled.partition("_")
+    if stat in STATS or stat in ("median", "avg"):
+        return metric_name(stat, canonical_metric(rest))
+    return metric_name(None, spelled)
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    metric: str
+    step: str | None
+    baseline: float | None
+    current: float | None
+    limit: Limit | None
+    verdict: Verdict
+    p_value: float | None = None  # one-sided, current worse than baseline
+    ci_low: float | None = None  # bootstrap interval of current - baseline (worse-signed)
+    ci_high: float | None = None
+    test: str = ""  # which test decided, or why none did
+
+    @property
+    def delta(self) -> float | None:
+        if self.baseline is None or self.current is None:
+            return None
+        return self.current - self.baseline
+
+    @property
+    def delta_pct(self) -> float | None:
+        if self.delta is None or not self.baseline:
+            return None
+        return 100.0 * self.delta / abs(self.baseline)
+
+    @property
+    def label(self) -> str:
+        return self.metric if self.step is None else f"{self.step}: {self.metric}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str
+    current: str
+    rows: tuple[MetricComparison, ...]
+    alpha: float
+    warnings: tuple[str, ...] = ()  # invalid runs, different workloads
+
+    @property
+    def regressions(self) -> list[MetricComparison]:
+        return [r for r in self.rows if r.verdict == "regression"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+
+def compare_runs(
+    baseline: LoadedRun,
+    current: LoadedRun,
+    limit_texts: Sequence[str] = (),
+    *,
+    alpha: float = 0.05,
+    metrics: Iterable[str] = SHOWN_METRICS,
+    seed: int = 0,
+) -> Comparison:
+    """Every shown metric and every limited one, step by step for ladder runs."""
+    if not 0 < alpha < 1:
+        raise InputError("--alpha must be between 0 and 1, e.g. 0.05")
+    limits = [parse_limit(t) for t in (limit_texts or DEFAULT_LIMITS)]
+    by_metric = {limit.metric: limit for limit in limits}
+    names = list(dict.fromkeys([*metrics, *by_metric]))
+    rows: list[MetricComparison] = []
+    for step, base_block, cur_block in _paired_blocks(baseline.summary, current.summary):
+        base_flat, cur_flat = flatten(base_block), flatten(cur_block)
+        for name in names:
+            if name not in base_flat and name not in cur_flat and name not in by_metric:
+                continue
+            rows.append(
+                _compare_metric(
+                    name,
+                    step,
+                    base_flat,
+                    cur_flat,
+                    by_metric.get(name),
+                    baseline.step_records(step),
+                    current.step_records(step),
+                    alpha,
+                    seed,
+                )
+            )
+    for limit in limits:
+        if not any(r.metric == limit.metric and r.baseline is not None for r in rows):
+            raise InputError(
+                f"limit '{limit.text}': the baseline has no '{limit.metric}'; "
+                f"known: {', '.join(sorted(flatten_any(baseline.summary)))}"
+            )
+    warnings = tuple(_warnings(baseline, current))
+    return Comparison(str(baseline.path), str(current.path), tuple(rows), alpha, warnings)
+
+
+# Config keys that change what is measured; a difference makes the comparison apples to oranges.
+_WORKLOAD_KEYS = (
+    "endpoint", "stream", "prompt_tokens", "max_tokens", "concurrency", "rate", "arrival",
+    "burstiness", "ramp", "requests", "duration_s", "ignore_eos",
+)  # fmt: skip
+
+
+def _warnings(baseline: LoadedRun, current: LoadedRun) -> list[str]:
+    out = []
+    for name, run in (("baseline", baseline), ("current", current)):
+        if run.summary.get("valid") is False:
+            reasons = "; ".join(str(r) for r in run.summary.get("reasons") or [])
+            out.append(f"the {name} run is marked invalid: {reasons}")
+        if not run.records:
+            out.append(f"the {name} run has no requests.jsonl: limits alone decide")
+    base_cfg = baseline.summary.get("config") or {}
+    cur_cfg = current.summary.get("config") or {}
+    differing = [k for k in _WORKLOAD_KEYS if k in base_cfg and base_cfg.get(k) != cur_cfg.get(k)]
+    if differing:
+        out.append(f"the runs' workloads differ in: {', '.join(differing)}")
+    return out
+
+
+def flatten_any(summary: Mapping[str, object]) -> dict[str, float]:
+    """Top-level figures, and the first ladder step's."""
+    flat = flatten(summary)
+    steps = summary.get("steps")
+    if isinstance(steps, list) and steps and isinstance(steps[0], Mapping):
+        flat = {**flatten(steps[0]), **flat}
+    return flat
+
+
+def _paired_blocks(
+    base: Mapping[str, object], cur: Mapping[str, object]
+) -> list[tuple[str | None, Mapping[str, object], Mapping[str, object]]]:
+    """(step label, baseline block, current block): the whole run, or matching ladder steps."""
+    base_steps, cur_steps = _steps(base), _steps(cur)
+    if len(base_steps) > 1 and len(cur_steps) > 1:
+        pairs: list[tuple[str | None, Mapping[str, object], Mapping[str, object]]] = []
+        for label, block in base_steps.items():
+            if label in cur_steps:
+                pairs.append((label, block, cur_steps[label]))
+        if not pairs:
+            raise InputError("the two ladder runs share no step; compare runs of the same ladder")
+        return pairs
+    return [(None, base, cur)]
+
+
+def _steps(summary: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
+    steps = summary.get("steps")
+    out: dict[str, Mapping[str, object]] = {}
+    if isinstance(steps, list):
+        for index, block in enumerate(steps):
+            if isinstance(block, Mapping):
+                out[str(block.get("step") or block.get("label") or index)] = block
+    return out
+
+
+def _compare_metric(
+    name: str,
+    step: str | None,
+    base_flat: Mapping[str, float],
+    cur_flat: Mapping[str, float],
+    limit: Limit | None,
+    base_records: Sequence[object],
+    cur_records: Sequence[object],
+    alpha: float,
+    seed: int,
+) -> MetricComparison:
+    base, cur = base_flat.get(name), cur_flat.get(name)
+    if base is None or cur is None or math.isnan(base) or math.isnan(cur):
+        return MetricComparison(name, step, base, cur, limit, "missing", test="no figure")
+    sign = -1.0 if higher_is_better(name) else 1.0
+    worse_by = sign * (cur - base)
+    p_value, low, high, test = _significance(name, base_records, cur_records, seed)
+    if limit is None:
+        verdict: Verdict = "info"
+    elif limit.exceeded(base, worse_by):
+        significant = p_value is None or p_value < alpha
+        verdict = "regression" if significant else "noise"
+    elif limit.exceeded(base, -worse_by) and p_value is not None and p_value > 1 - alpha:
+        verdict = "improved"
+    else:
+        verdict = "pass"
+    return MetricComparison(name, step, base, cur, limit, verdict, p_value, low, high, test)
+
+
+def _significance(
+    name: str, base_records: Sequence[object], cur_records: Sequence[object], seed: int
+) -> tuple[float | None, float | None, float | None, str]:
+    """(one-sided p of 'worse', CI low, CI high, test name); p None when no test applies.
+
+    Only latency metrics have a sample, and for all of them higher is worse.
+    """
+    from capplan.loadtest.record import RequestRecord
+
+    base_recs = [r for r in base_records if isinstance(r, RequestRecord)]
+    cur_recs = [r for r in cur_records if isinstance(r, RequestRecord)]
+    if name == "error_rate":
+        if not base_recs or not cur_recs:
+            return None, None, None, "limit only (no records)"
+        nb = [r for r in base_recs if not r.warmup]
+        nc = [r for r in cur_recs if not r.warmup]
+        p = proportion_greater(
+            sum(not r.ok for r in nb), len(nb), sum(not r.ok for r in nc), len(nc)
+        )
+        return p, None, None, "two-proportion z"
+    stat, _, metric = name.partition("_")
+    if metric not in SAMPLED_METRICS or stat not in STATS:
+        return None, None, None, "limit only (no per-request sample)"
+    x = per_request_values(base_recs, metric)
+    y = per_request_values(cur_recs, metric)
+    if len(x) < 5 or len(y) < 5:
+        return None, None, None, "limit only (under 5 samples)"
+    if stat in ("max", "min"):
+        test = mann_whitney_greater(x, y)
+        return test.p_value, None, None, "Mann-Whitney U"
+    ci = bootstrap_difference(x, y, stat, seed=seed)
+    if min(len(x), len(y)) >= SMALL_SAMPLE:
+        return ci.p_greater, ci.low, ci.high, f"bootstrap {stat} ({ci.confidence:.0%} CI)"
+    # A bootstrap of a tail percentile from a few requests is overconfident (it resamples the
+    # same handful of extremes); small samples must also show a shift of the whole distribution.
+    shift = mann_whitney_greater(x, y)
+    return (
+        max(ci.p_greater, shift.p_value),
+        ci.low,
+        ci.high,
+        f"bootstrap {stat} and Mann-Whitney U (n<{SMALL_SAMPLE})",
+    )

@@ -1,0 +1,113 @@
+"""Flat names for the figures in a summary.json, shared by thresholds, compare and sweep.
+
+A latency figure is `<stat>_<metric>` (`p95_ttft_ms`, `mean_e2e_ms`); a scalar keeps its own name
+(`error_rate`, `requests_per_s`, `output_tokens_per_s`, `goodput_requests_per_s`). Thresholds
+spell the same figures as `p95(ttft)`; `metric_name` maps one spelling to the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+
+from capplan.errors import InputError
+
+LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "latency_ms")
+STATS = ("p50", "p90", "p95", "p99", "mean", "max", "min")
+
+_METRIC_ALIASES = {
+    "ttft": "ttft_ms",
+    "tpot": "tpot_ms",
+    "itl": "itl_ms",
+    "e2e": "e2e_ms",
+    "latency": "latency_ms",
+}
+_STAT_ALIASES = {"median": "p50", "avg": "mean", "average": "mean"}
+_SCALAR_ALIASES = {
+    "errors": "error_rate",
+    "error_ratio": "error_rate",
+    "rps": "requests_per_s",
+    "throughput": "requests_per_s",
+    "tokens_per_s": "output_tokens_per_s",
+    "tps": "output_tokens_per_s",
+    "goodput": "goodput_requests_per_s",
+}
+# Scalars where a larger value is better; every other figure is better when smaller.
+_HIGHER_IS_BETTER = {
+    "requests_per_s",
+    "output_tokens_per_s",
+    "goodput_requests_per_s",
+    "goodput_fraction",
+    "ok",
+    "total",
+}
+
+
+def canonical_metric(name: str) -> str:
+    """`ttft` -> `ttft_ms`; unknown latency names pass through for `flatten` to judge."""
+    key = name.strip().lower()
+    return _METRIC_ALIASES.get(key, key)
+
+
+def canonical_stat(name: str) -> str:
+    key = name.strip().lower()
+    key = _STAT_ALIASES.get(key, key)
+    if key not in STATS:
+        raise InputError(f"unknown statistic '{name}'; use one of {', '.join(STATS)} or median")
+    return key
+
+
+def metric_name(stat: str | None, metric: str) -> str:
+    """The flat name of `stat(metric)`, or of a scalar when `stat` is None."""
+    if stat is None:
+        key = metric.strip().lower()
+        return _SCALAR_ALIASES.get(key, key)
+    return f"{canonical_stat(stat)}_{canonical_metric(metric)}"
+
+
+def is_latency(name: str) -> bool:
+    return name.endswith("_ms")
+
+
+def higher_is_better(name: str) -> bool:
+    return name in _HIGHER_IS_BETTER
+
+
+def flatten(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Every figure a summary (or one ladder step of it) holds, under its flat name."""
+    flat: dict[str, float] = {}
+    for metric in LATENCY_METRICS:
+        block = summary.get(metric)
+        if isinstance(block, Mapping):
+            for stat, value in block.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    flat[f"{stat}_{metric}"] = float(value)
+    throughput = summary.get("throughput")
+    if isinstance(throughput, Mapping):
+        for key, value in throughput.items():
+            if _is_number(value):
+                flat[key] = float(value)
+    goodput = summary.get("goodput")
+    if _is_number(goodput):
+        flat["goodput_requests_per_s"] = float(goodput)
+    elif isinstance(goodput, Mapping):
+        for key, value in goodput.items():
+            if _is_number(value):
+                flat[key if key.startswith("goodput") else f"goodput_{key}"] = float(value)
+    requests = summary.get("requests")
+    if isinstance(requests, Mapping):
+        total = requests.get("total")
+        failed = requests.get("failed")
+        for key in ("total", "ok", "failed"):
+            if _is_number(requests.get(key)):
+                flat[key] = float(requests[key])
+        if _is_number(total) and _is_number(failed):
+            flat["error_rate"] = float(failed) / float(total) if total else 0.0
+    error_rate = summary.get("error_rate")
+    if isinstance(error_rate, int | float):
+        flat["error_rate"] = float(error_rate)
+    return flat
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,68 @@
+"""sweep.png: latency and throughput against the load, with SLO limits and findings marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from capplan.regression.sweep import SweepResult
+
+
+def plot_sweep(result: SweepResult, path: str | Path) -> Path:
+    """Writes a two-panel PNG (matplotlib Agg, no display needed) and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = result.points
+    loads = [p.load for p in points]
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, style in (
+        ("p50_ttft_ms", "o-"),
+        ("p95_ttft_ms", "o--"),
+        ("p50_e2e_ms", "s-"),
+        ("p95_e2e_ms", "s--"),
+    ):
+        series = [(p.load, p.figures[name]) for p in points if name in p.figures]
+        if series:
+            ax_lat.plot(*zip(*series, strict=True), style, label=name.replace("_ms", ""))
+        lows = [p.spread[name][0] for p in points if name in p.spread]
+        highs = [p.spread[name][1] for p in points if name in p.spread]
+        if lows:
+            spread_loads = [p.load for p in points if name in p.spread]
+            ax_lat.fill_between(spread_loads, lows, highs, alpha=0.15)
+    for slo in result.slos:
+        _slo_line(ax_lat, slo)
+    ax_lat.set_xlabel(result.axis)
+    ax_lat.set_ylabel("ms")
+    ax_lat.set_title("Latency vs load")
+    thr = [(p.load, p.figures.get("output_tokens_per_s", 0.0)) for p in points]
+    if thr:
+        ax_thr.plot(*zip(*thr, strict=True), "o-", color="tab:green", label="output tokens/s")
+    ax_thr.set_xlabel(result.axis)
+    ax_thr.set_ylabel("output tokens/s")
+    ax_thr.set_title("Throughput vs load")
+    failed = [p.load for p in points if not p.passed or p.saturated]
+    for ax in (ax_lat, ax_thr):
+        if result.highest_safe is not None:
+            ax.axvline(result.highest_safe, color="tab:green", ls=":", label="highest safe")
+        if result.knee is not None:
+            ax.axvline(result.knee, color="tab:purple", ls="-.", label="knee")
+        for load in failed:
+            ax.axvspan(load, max(loads), color="tab:red", alpha=0.04)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _slo_line(ax: Any, expression: str) -> None:
+    from capplan.regression.thresholds import parse_threshold
+
+    slo = parse_threshold(expression)
+    if slo.metric.endswith("_ms"):
+        ax.axhline(slo.limit, color="tab:red", ls=":", lw=1, label=f"SLO {expression}")

@@ -1,0 +1,355 @@
+"""Capacity search: raise the load until an SLO breaks or the server saturates, then bisect.
+
+The load is a closed-loop concurrency or an open-loop arrival rate. A ladder (doubling from
+`start`, or the points given) runs until a point fails; bisection then narrows the gap between
+the last passing and the first failing point down to `resolution`. A point passes when every
+repeat of it meets every SLO (the safe side for "highest safe"). Each point-run lives in its own
+directory with its summary.json, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from capplan.errors import InputError
+from capplan.regression.metrics import flatten
+from capplan.regression.thresholds import (
+    Threshold,
+    ThresholdResult,
+    evaluate_thresholds,
+    parse_threshold,
+)
+
+Axis = Literal["concurrency", "rate"]
+StopReason = Literal["slo", "saturated", "max", "ladder_end"]
+
+# Figures kept per point for the result, the plot and the spread across repeats.
+KEY_FIGURES = (
+    "p50_ttft_ms",
+    "p95_ttft_ms",
+    "p50_tpot_ms",
+    "p95_tpot_ms",
+    "p50_e2e_ms",
+    "p95_e2e_ms",
+    "error_rate",
+    "requests_per_s",
+    "output_tokens_per_s",
+)
+DEFAULT_ERROR_SLO = "error_rate<1%"
+REJECTION_STATUSES = ("429", "503")
+
+RunPoint = Callable[[float, int, Path], Mapping[str, Any]]
+"""run_point(load, repeat, out_dir) -> summary.json dict of one load test at that load."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    axis: Axis
+    slos: tuple[Threshold, ...]
+    start: float = 1.0
+    max_load: float = 256.0
+    factor: float = 2.0
+    ladder: tuple[float, ...] = ()  # explicit points instead of doubling
+    bisect: bool = True
+    resolution: float = 1.0  # stop bisecting when the gap is this small (rate: requests/s)
+    repeats: int = 1
+    saturation_gain: float = 0.05  # throughput up < 5% when the load doubled: saturated (0: off)
+
+    def __post_init__(self) -> None:
+        if self.start <= 0 or self.max_load < self.start:
+            raise InputError("the sweep needs 0 < --start <= --max")
+        if self.factor <= 1.0:
+            raise InputError("--factor must be above 1 (2 doubles the load each step)")
+        if self.repeats < 1:
+            raise InputError("--repeats must be at least 1")
+        if self.resolution <= 0:
+            raise InputError("--resolution must be above 0")
+
+    def ladder_points(self) -> list[float]:
+        if self.ladder:
+            return sorted(set(self.ladder))
+        points, load = [], self.start
+        while load <= self.max_load + 1e-9:
+            points.append(self._snap(load))
+            load *= self.factor
+        if points[-1] < self.max_load:
+            points.append(self._snap(self.max_load))
+        return sorted(set(points))
+
+    def _snap(self, load: float) -> float:
+        return float(round(load)) if self.axis == "concurrency" else round(load, 4)
+
+    def midpoint(self, low: float, high: float) -> float | None:
+        """The next point to try between a passing `low` and a failing `high`, if worth it."""
+        if high - low <= self.resolution + 1e-9:
+            return None
+        if self.axis == "concurrency":
+            mid = float(math.floor((low + high) / 2))
+            return mid if low < mid < high else None
+        return round((low + high) / 2, 4)
+
+
+def parse_slos(texts: Sequence[str]) -> tuple[Threshold, ...]:
+    """The SLO expressions, plus `error_rate<1%` unless an error-rate SLO is given."""
+    slos = [parse_threshold(t) for t in texts]
+    if not any(s.metric == "error_rate" for s in slos):
+        slos.append(parse_threshold(DEFAULT_ERROR_SLO))
+    return tuple(slos)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    load: float
+    figures: dict[str, float]  # median across repeats
+    spread: dict[str, tuple[float, float]]  # (min, max) across repeats, when repeats > 1
+    slo_results: tuple[ThresholdResult, ...]  # the worst repeat's result per SLO
+    rejections: int  # 429/503 answers across repeats
+    run_dirs: tuple[str, ...]
+    saturated: bool = False
+    phase: Literal["ladder", "bisect"] = "ladder"
+    invalid: tuple[str, ...] = ()  # why the load tester distrusts a run (client-bound, ...)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.slo_results)
+
+    @property
+    def broken(self) -> list[str]:
+        return [r.threshold.expression for r in self.slo_results if not r.passed]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    axis: Axis
+    slos: tuple[str, ...]
+    points: tuple[SweepPoint, ...]  # sorted by load
+    highest_safe: float | None
+    first_failure: float | None
+    first_rejection: float | None  # lowest load answered with 429/503: the admission gate
+    knee: float | None
+    stop_reason: StopReason
+    repeats: int
+    out_dir: str = ""
+    plot: str | None = None
+
+    def point(self, load: float) -> SweepPoint | None:
+        return next((p for p in self.points if p.load == load), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "axis": self.axis,
+            "slos": list(self.slos),
+            "highest_safe": self.highest_safe,
+            "first_failure": self.first_failure,
+            "first_rejection": self.first_rejection,
+            "knee": self.knee,
+            "stop_reason": self.stop_reason,
+            "repeats": self.repeats,
+            "plot": self.plot,
+            "points": [
+                {
+                    "load": p.load,
+                    "phase": p.phase,
+                    "passed": p.passed,
+                    "broken": p.broken,
+                    "saturated": p.saturated,
+                    "rejections": p.rejections,
+                    "invalid": list(p.invalid),
+                    "figures": p.figures,
+                    "spread": {k: list(v) for k, v in p.spread.items()},
+                    "slo_results": [r.to_dict() for r in p.slo_results],
+                    "run_dirs": list(p.run_dirs),
+                }
+                for p in self.points
+            ],
+        }
+
+
+@dataclass
+class _Search:
+    spec: SweepSpec
+    run_point: RunPoint
+    out_dir: Path
+    resume: bool
+    on_point: Callable[[SweepPoint], None] | None
+    points: dict[float, SweepPoint] = field(default_factory=dict)
+
+    def measure(self, load: float, phase: Literal["ladder", "bisect"]) -> SweepPoint:
+        if load in self.points:
+            return self.points[load]
+        summaries, dirs = [], []
+        for repeat in range(self.spec.repeats):
+            run_dir = self.out_dir / point_dir_name(self.spec.axis, load, repeat)
+            summaries.append(self._summary(load, repeat, run_dir))
+            dirs.append(str(run_dir))
+        point = _point(load, summaries, self.spec.slos, tuple(dirs), phase)
+        self.points[load] = point
+        if self.on_point is not None:
+            self.on_point(point)
+        return point
+
+    def _summary(self, load: float, repeat: int, run_dir: Path) -> Mapping[str, Any]:
+        summary_path = run_dir / "summary.json"
+        if self.resume and summary_path.is_file():
+            try:
+                data = json.loads(summary_path.read_text(encoding="utf-8"))
+                if isinstance(data, dict):
+                    return data
+            except json.JSONDecodeError:
+                pass
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a point killed mid-run: its partial records would mix in
+        return self.run_point(load, repeat, run_dir)
+
+
+def point_dir_name(axis: Axis, load: float, repeat: int) -> str:
+    value = f"{int(load)}" if axis == "concurrency" else f"{load:g}"
+    return f"{axis}={value}" + (f"-r{repeat + 1}" if repeat else "")
+
+
+def run_sweep(
+    spec: SweepSpec,
+    run_point: RunPoint,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    on_point: Callable[[SweepPoint], None] | None = None,
+) -> SweepResult:
+    """Ladder, then bisection; writes sweep.json under `out_dir` and returns the result."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    search = _Search(spec, run_point, out, resume, on_point)
+    last_pass: SweepPoint | None = None
+    first_fail: SweepPoint | None = None
+    stop: StopReason = "max" if not spec.ladder else "ladder_end"
+    for load in spec.ladder_points():
+        point = search.measure(load, "ladder")
+        if not point.passed:
+            first_fail = point
+            stop = "slo"
+            break
+        if last_pass is not None and _saturated(spec, last_pass, point):
+            search.points[load] = point = _mark_saturated(point)
+            first_fail = point
+            stop = "saturated"
+            break
+        last_pass = point
+    # Saturation is a property of the ladder's shape, not of one point: nothing to bisect.
+    if spec.bisect and stop == "slo" and first_fail is not None:
+        low = last_pass.load if last_pass is not None else 0.0
+        high = first_fail.load
+        while (mid := spec.midpoint(low, high)) is not None and mid > 0:
+            if search.measure(mid, "bisect").passed:
+                low = mid
+            else:
+                high = mid
+    points = tuple(sorted(search.points.values(), key=lambda p: p.load))
+    safe = _highest_safe(points)
+    failing = [p.load for p in points if not p.passed or p.saturated]
+    rejected = [p.load for p in points if p.rejections > 0]
+    result = SweepResult(
+        axis=spec.axis,
+        slos=tuple(s.expression for s in spec.slos),
+        points=points,
+        highest_safe=safe,
+        first_failure=min(failing) if failing else None,
+        first_rejection=min(rejected) if rejected else None,
+        knee=find_knee(points),
+        stop_reason=stop,
+        repeats=spec.repeats,
+        out_dir=str(out),
+    )
+    (out / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    return result
+
+
+def _highest_safe(points: Sequence[SweepPoint]) -> float | None:
+    """The largest passing load below every failing one (a pass above a failure is luck)."""
+    safe = None
+    for p in points:
+        if not p.passed or p.saturated:
+            break
+        safe = p.load
+    return safe
+
+
+def _saturated(spec: SweepSpec, before: SweepPoint, after: SweepPoint) -> bool:
+    """More load bought (almost) no more throughput: the server is at its ceiling."""
+    if spec.saturation_gain <= 0:
+        return False
+    t0 = before.figures.get("requests_per_s")
+    t1 = after.figures.get("requests_per_s")
+    if t0 is None or t1 is None or t0 <= 0 or after.load <= before.load:
+        return False
+    load_growth = after.load / before.load - 1.0
+    return (t1 / t0 - 1.0) < spec.saturation_gain * min(1.0, load_growth / 0.5)
+
+
+def _mark_saturated(point: SweepPoint) -> SweepPoint:
+    return replace(point, saturated=True)
+
+
+def _point(
+    load: float,
+    summaries: Sequence[Mapping[str, Any]],
+    slos: Sequence[Threshold],
+    run_dirs: tuple[str, ...],
+    phase: Literal["ladder", "bisect"],
+) -> SweepPoint:
+    flats = [flatten(s) for s in summaries]
+    figures: dict[str, float] = {}
+    spread: dict[str, tuple[float, float]] = {}
+    for name in {k for f in flats for k in f}:
+        values = [f[name] for f in flats if name in f]
+        figures[name] = statistics.median(values)
+        if len(values) > 1 and name in KEY_FIGURES:
+            spread[name] = (min(values), max(values))
+    per_repeat = [evaluate_thresholds(s, slos) for s in summaries]
+    worst = tuple(
+        next((r[i] for r in per_repeat if not r[i].passed), per_repeat[0][i])
+        for i in range(len(slos))
+    )
+    rejections = sum(_rejections(s) for s in summaries)
+    invalid = tuple(
+        dict.fromkeys(str(r) for s in summaries if s.get("valid") is False for r in s["reasons"])
+    )
+    return SweepPoint(load, figures, spread, worst, rejections, run_dirs, False, phase, invalid)
+
+
+def _rejections(summary: Mapping[str, Any]) -> int:
+    by_status = (summary.get("requests") or {}).get("by_status") or {}
+    return sum(int(by_status.get(code, 0)) for code in REJECTION_STATUSES)
+
+
+def find_knee(points: Sequence[SweepPoint], latency: str = "p95_e2e_ms") -> float | None:
+    """Kneedle on the latency-throughput curve: where latency starts to buy little throughput.
+
+    Both axes are scaled to [0, 1]; for a curve whose latency rises ever faster with
+    throughput, the knee is the point farthest below the chord, max(x - y).
+    """
+    curve = [
+        (p.load, p.figures["requests_per_s"], p.figures[latency])
+        for p in points
+        if "requests_per_s" in p.figures and latency in p.figures and p.rejections == 0
+    ]
+    if len(curve) < 3:
+        return None
+    xs = [c[1] for c in curve]
+    ys = [c[2] for c in curve]
+    x_span, y_span = max(xs) - min(xs), max(ys) - min(ys)
+    if x_span <= 0 or y_span <= 0:
+        return None
+    best_load, best = None, -math.inf
+    # Only an interior point can be a knee: at an end the curve has not bent (yet).
+    for load, x, y in curve[1:-1]:
+        score = (x - min(xs)) / x_span - (y - min(ys)) / y_span
+        if score > best:
+            best_load, best = load, score
+    return best_load if best > 0 else None

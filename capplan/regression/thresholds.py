@@ -1,0 +1,137 @@
+"""Pass/fail thresholds on a run's summary: `p95(ttft_ms)<500`, `error_rate<1%`, `p95(e2e)<10s`.
+
+Grammar: `STAT(METRIC) OP NUMBER[UNIT]` or `SCALAR OP NUMBER[UNIT]`, OP one of `< <= > >=`.
+Latency limits are in ms unless written with `s`; a rate such as `error_rate` takes a plain
+fraction or a `%`. The same expressions are the SLOs of `capplan sweep` and `capplan plan`.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from capplan.errors import InputError
+from capplan.regression.metrics import flatten, is_latency, metric_name
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_PATTERN = re.compile(
+    r"""^\s*
+    (?:(?P<stat>[a-z0-9]+)\s*\(\s*(?P<metric>[a-z_0-9]+)\s*\)|(?P<scalar>[a-z_][a-z_0-9]*))
+    \s*(?P<op><=|>=|<|>)\s*
+    (?P<number>[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)
+    \s*(?P<unit>ms|s|%)?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One parsed expression; `limit` is in the metric's own unit (ms, fraction, per second)."""
+
+    expression: str
+    metric: str
+    op: str
+    limit: float
+
+    def holds(self, value: float) -> bool:
+        return _OPS[self.op](value, self.limit)
+
+    @property
+    def upper_bound(self) -> bool:
+        """True for `<`/`<=`: the figure must stay below the limit."""
+        return self.op.startswith("<")
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    threshold: Threshold
+    actual: float | None  # None when the summary has no such figure (e.g. no successful request)
+    passed: bool
+    step: str | None = None  # ladder step label when evaluated per step
+
+    @property
+    def expression(self) -> str:
+        return self.threshold.expression
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "expression": self.threshold.expression,
+            "metric": self.threshold.metric,
+            "op": self.threshold.op,
+            "limit": self.threshold.limit,
+            "actual": self.actual,
+            "passed": self.passed,
+            "step": self.step,
+        }
+
+
+def parse_threshold(text: str) -> Threshold:
+    match = _PATTERN.match(text)
+    if match is None:
+        raise InputError(
+            f"cannot read threshold '{text}'; write e.g. 'p95(ttft_ms)<500', 'p95(e2e)<10s' "
+            "or 'error_rate<1%'"
+        )
+    if match["scalar"]:
+        metric = metric_name(None, match["scalar"])
+    else:
+        metric = metric_name(match["stat"], match["metric"])
+    limit = float(match["number"])
+    unit = (match["unit"] or "").lower()
+    if is_latency(metric):
+        if unit == "%":
+            raise InputError(f"threshold '{text}': a latency takes ms or s, not %")
+        if unit == "s":
+            limit *= 1000.0
+    elif unit in ("ms", "s"):
+        raise InputError(f"threshold '{text}': '{metric}' is not a latency; drop the '{unit}'")
+    elif unit == "%":
+        limit /= 100.0
+    return Threshold(expression=text.strip(), metric=metric, op=match["op"], limit=limit)
+
+
+def parse_thresholds(texts: Iterable[str]) -> list[Threshold]:
+    return [parse_threshold(t) for t in texts]
+
+
+def evaluate_thresholds(
+    figures: Mapping[str, Any], thresholds: Iterable[Threshold], *, step: str | None = None
+) -> list[ThresholdResult]:
+    """Judges thresholds against one summary block (top level or one ladder step)."""
+    flat = flatten(figures)
+    results = []
+    for threshold in thresholds:
+        actual = flat.get(threshold.metric)
+        passed = actual is not None and threshold.holds(actual)
+        results.append(ThresholdResult(threshold, actual, passed, step))
+    return results
+
+
+def evaluate(summary: Mapping[str, Any], expressions: Iterable[str]) -> list[ThresholdResult]:
+    """Judges each expression against a summary.json dict.
+
+    A ladder summary (more than one entry in `steps`) is judged step by step, each result
+    labelled with its step; a figure the summary lacks fails its threshold, never passes silently.
+    """
+    thresholds = parse_thresholds(expressions)
+    steps = summary.get("steps")
+    if isinstance(steps, list) and len(steps) > 1:
+        results: list[ThresholdResult] = []
+        for index, block in enumerate(steps):
+            if isinstance(block, Mapping):
+                label = str(block.get("step") or block.get("label") or index)
+                results.extend(evaluate_thresholds(block, thresholds, step=label))
+        return results
+    return evaluate_thresholds(summary, thresholds)
+
+
+def all_passed(results: Iterable[ThresholdResult]) -> bool:
+    return all(r.passed for r in results)

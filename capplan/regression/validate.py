@@ -1,0 +1,211 @@
+"""The estimator against a measurement of the same GPU, model and workload, figure by figure.
+
+The estimate side follows the emulated backend's schedule exactly (prefill per prompt token plus
+one decode step for the batch's KV, then one step per token), so against the emulated backend
+the two must agree within the client's own overhead; on a real GPU the error column is the
+estimator's error.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capplan.regression.metrics import flatten
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WorkloadShape:
+    prompt_tokens: int
+    output_tokens: int
+    concurrency: int
+
+
+# HTTP, tokenization and the client's event loop add a few ms the estimate does not model.
+LATENCY_SLACK_MS = 10.0
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    name: str
+    estimate: float | None
+    measured: float | None
+    note: str = ""
+    slack: float = 0.0  # absolute difference that agrees whatever the %
+
+    def agrees(self, tolerance_pct: float) -> bool | None:
+        """None when a side is missing."""
+        err = self.error_pct
+        if err is None or self.estimate is None or self.measured is None:
+            return None
+        return abs(err) <= tolerance_pct or abs(self.estimate - self.measured) <= self.slack
+
+    @property
+    def error_pct(self) -> float | None:
+        """(estimate - measured) / measured, in %: positive when the estimate is high."""
+        if self.estimate is None or self.measured is None or self.measured == 0:
+            return None
+        return 100.0 * (self.estimate - self.measured) / abs(self.measured)
+
+
+@dataclass(frozen=True)
+class Validation:
+    subject: str
+    rows: tuple[ValidationRow, ...]
+    tolerance_pct: float
+
+    @property
+    def agrees(self) -> bool:
+        """Every figure with both sides is within the tolerance."""
+        verdicts = [r.agrees(self.tolerance_pct) for r in self.rows]
+        judged = [v for v in verdicts if v is not None]
+        return bool(judged) and all(judged)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "tolerance_pct": self.tolerance_pct,
+            "agrees": self.agrees,
+            "rows": [
+                {
+                    "name": r.name,
+                    "estimate": r.estimate,
+                    "measured": r.measured,
+                    "error_pct": r.error_pct,
+                    "agrees": r.agrees(self.tolerance_pct),
+                    "note": r.note,
+                }
+                for r in self.rows
+            ],
+        }
+
+
+def estimated_figures(
+    timing: Any, shape: WorkloadShape, *, peak_memory_bytes: float | None = None
+) -> dict[str, float]:
+    """Expected figures from service timing (the `ServiceTiming` contract or `EmulatedTiming`).
+
+    `timing` needs `prefill_ms_per_token`, `decode_step_ms(kv_tokens)`, `kv_bytes_per_token` and
+    `kv_budget_bytes`. A closed loop keeps equal-length requests in lockstep: the k-th of c to
+    arrive takes its first step beside k - 1 fresh prompts, so the median TTFT sees (c + 1) / 2
+    prompts' KV; decoding, the batch holds c requests half-way through their output.
+    """
+    p, o, c = shape.prompt_tokens, shape.output_tokens, shape.concurrency
+    step: Callable[[int], float] = timing.decode_step_ms
+    # Prefill is never faster than one decode step of the batch (one read of the weights).
+    ttft = max(timing.prefill_ms_per_token * p, step(int(p * (c + 1) / 2)))
+    tpot = step(int(c * (p + o / 2)))
+    e2e = ttft + (o - 1) * tpot
+    figures = {
+        "ttft_ms": ttft,
+        "tpot_ms": tpot,
+        "e2e_ms": e2e,
+        "output_tokens_per_s": c * o / (e2e / 1000.0),
+    }
+    per_token = float(getattr(timing, "kv_bytes_per_token", 0) or 0)
+    budget = getattr(timing, "kv_budget_bytes", None)
+    if per_token > 0 and budget:
+        figures["safe_concurrency"] = float(math.floor(budget / (per_token * (p + o))))
+        figures["kv_peak_mib"] = c * (p + o) * per_token / _MIB
+    if peak_memory_bytes is not None:
+        figures["peak_memory_mib"] = peak_memory_bytes / _MIB
+    return figures
+
+
+def measured_figures(
+    summary: Mapping[str, Any],
+    *,
+    safe_concurrency: float | None = None,
+    telemetry_csv: str | Path | None = None,
+) -> dict[str, float]:
+    """The same figures from a run: p50 TTFT and TPOT, mean E2E, output tokens/s, peaks."""
+    flat = flatten(summary)
+    figures: dict[str, float] = {}
+    for ours, theirs in (
+        ("ttft_ms", "p50_ttft_ms"),
+        ("tpot_ms", "p50_tpot_ms"),
+        ("e2e_ms", "mean_e2e_ms"),
+        ("output_tokens_per_s", "output_tokens_per_s"),
+    ):
+        if theirs in flat:
+            figures[ours] = flat[theirs]
+    if safe_concurrency is not None:
+        figures["safe_concurrency"] = float(safe_concurrency)
+    if telemetry_csv is not None and Path(telemetry_csv).is_file():
+        figures.update(telemetry_peaks(telemetry_csv))
+    return figures
+
+
+def telemetry_peaks(path: str | Path) -> dict[str, float]:
+    """Peak GPU memory (NVML, summed over GPUs; else the server's /stats) and KV use, in MiB."""
+    gpu_cols = re.compile(r"^gpu\d+_mem_used_mib$")
+    peak_gpu = peak_stats = peak_kv = None
+    emulated = False
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            emulated = emulated or str(row.get("stats_emulated", "")).lower() in ("1", "true")
+            gpus = [_num(v) for k, v in row.items() if k and gpu_cols.match(k)]
+            gpu_sum = sum(v for v in gpus if v is not None) if any(gpus) else None
+            peak_gpu = _max(peak_gpu, gpu_sum)
+            peak_stats = _max(peak_stats, _num(row.get("stats_gpu_memory_used_mib")))
+            peak_kv = _max(peak_kv, _num(row.get("stats_kv_cache_used_mib")))
+    out: dict[str, float] = {}
+    if emulated:
+        # The emulated backend's "memory" is the KV it reserved, nothing else.
+        kv = peak_kv if peak_kv is not None else peak_stats
+        if kv is not None:
+            out["kv_peak_mib"] = kv
+        return out
+    memory = peak_gpu if peak_gpu is not None else peak_stats
+    if memory is not None:
+        out["peak_memory_mib"] = memory
+    if peak_kv is not None:
+        out["kv_peak_mib"] = peak_kv
+    return out
+
+
+def _num(value: object) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    if b is None:
+        return a
+    return b if a is None else max(a, b)
+
+
+_ROWS = (
+    ("peak_memory_mib", "peak memory MiB", "NVML, else the server's /stats"),
+    ("kv_peak_mib", "KV cache peak MiB", "reserved for prompt + max_tokens"),
+    ("safe_concurrency", "safe concurrency", "KV budget vs the sweep's highest safe"),
+    ("ttft_ms", "TTFT ms (p50)", f"agrees within {LATENCY_SLACK_MS:g} ms of overhead"),
+    ("tpot_ms", "decode ms/token (p50 TPOT)", ""),
+    ("e2e_ms", "E2E ms (mean)", f"agrees within {LATENCY_SLACK_MS:g} ms of overhead"),
+    ("output_tokens_per_s", "output tokens/s", ""),
+)
+
+
+def validate(
+    estimate: Mapping[str, float],
+    measured: Mapping[str, float],
+    *,
+    subject: str,
+    tolerance_pct: float = 10.0,
+) -> Validation:
+    """Side by side; a figure missing on either side is shown with no error."""
+    rows = []
+    for key, label, note in _ROWS:
+        if key in estimate or key in measured:
+            slack = LATENCY_SLACK_MS if key in ("ttft_ms", "e2e_ms") else 0.0
+            rows.append(ValidationRow(label, estimate.get(key), measured.get(key), note, slack))
+    return Validation(subject, tuple(rows), tolerance_pct)

@@ -1,0 +1,77 @@
+"""Plan numbers checked against closed-form queueing results."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from capplan.errors import InputError
+from capplan.regression.plan import ServiceProfile, plan_replicas, predict
+from capplan.regression.queueing import erlang_c, mgc_tail
+from capplan.regression.thresholds import parse_threshold
+
+
+def _erlang_c_closed_form(c: int, a: float) -> float:
+    top = a**c / math.factorial(c) * c / (c - a)
+    return top / (sum(a**k / math.factorial(k) for k in range(c)) + top)
+
+
+@pytest.mark.parametrize(("c", "a"), [(1, 0.5), (3, 2.0), (4, 3.3), (10, 8.0), (40, 35.0)])
+def test_erlang_c_equals_the_closed_form(c: int, a: float) -> None:
+    assert erlang_c(c, a) == pytest.approx(_erlang_c_closed_form(c, a), rel=1e-12)
+
+
+def test_erlang_c_textbook_value() -> None:
+    assert erlang_c(3, 2.0) == pytest.approx(4 / 9)
+
+
+def test_mm1_wait_is_the_closed_form() -> None:
+    # M/M/1, lambda 0.8, mu 1: P(wait) = rho, mean wait = rho / (mu - lambda) = 4 s,
+    # P(W > t) = rho * exp(-(mu - lambda) t) so the 95th percentile is ln(0.8 / 0.05) / 0.2.
+    tail = mgc_tail(1, 0.8, 1.0, service_cv2=1.0)
+    assert tail.p_wait == pytest.approx(0.8)
+    assert tail.mean_wait_s == pytest.approx(4.0)
+    assert tail.wait_quantile_s(0.95) == pytest.approx(math.log(16) / 0.2)
+
+
+def test_deterministic_service_halves_the_mean_wait() -> None:
+    exponential = mgc_tail(4, 3.0, 1.0, service_cv2=1.0)
+    fixed = mgc_tail(4, 3.0, 1.0, service_cv2=0.0)
+    assert fixed.mean_wait_s == pytest.approx(exponential.mean_wait_s / 2)
+
+
+def _profile(slots: int = 4, service_s: float = 1.0, cv2: float = 1.0) -> ServiceProfile:
+    figures = {"p95_ttft_ms": 200.0, "p95_e2e_ms": 1000.0, "p50_tpot_ms": 30.0, "error_rate": 0.0}
+    return ServiceProfile(slots, service_s, cv2, figures, "test")
+
+
+def test_plan_picks_the_fewest_replicas_meeting_the_tail_slo() -> None:
+    # 10 req/s, +20% headroom = 12 req/s; a replica of 4 slots x 1 s serves 4 req/s.
+    slo = parse_threshold("p95(ttft)<700ms")  # at most 500 ms of queue wait at p95
+    plan = plan_replicas(_profile(), 10.0, [slo], headroom=0.2, gpus_per_replica=2)
+    n = plan.replicas
+    assert n is not None
+    # Closed form for the chosen and the next smaller count (M/M/c per replica).
+    for k, should_pass in ((n, True), (n - 1, False)):
+        lam = 12.0 / k
+        c_wait = _erlang_c_closed_form(4, lam * 1.0)
+        wait_p95 = max(0.0, math.log(c_wait / 0.05) / (4 - lam)) if lam < 4 else math.inf
+        assert (200.0 + 1000.0 * wait_p95 < 700.0) is should_pass
+        option = predict(_profile(), k, 12.0, [slo])
+        if math.isfinite(wait_p95):
+            assert option.predictions[0].wait_ms == pytest.approx(1000.0 * wait_p95)
+    assert plan.gpus == 2 * n
+    assert plan.design_rps == pytest.approx(12.0)
+    assert plan.utilization_at_target == pytest.approx(10.0 / (4 * n))
+
+
+def test_a_slo_the_service_itself_breaks_is_unattainable() -> None:
+    plan = plan_replicas(_profile(), 10.0, [parse_threshold("p50(tpot)<20")])
+    assert plan.replicas is None
+    assert "lower the concurrency" in plan.unattainable[0]
+
+
+def test_plan_rejects_a_zero_rate() -> None:
+    with pytest.raises(InputError):
+        plan_replicas(_profile(), 0.0, [parse_threshold("p95(ttft)<1s")])

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from capplan.regression.validate import (
+    WorkloadShape,
+    estimated_figures,
+    measured_figures,
+    telemetry_peaks,
+    validate,
+)
+from reference_server.emulated import EmulatedTiming
+
+from .conftest import load_run_at
+
+# 10 ms per step plus 1 ms per 100 KV tokens; prefill 0.05 ms per prompt token; 1 KiB per token.
+TIMING = EmulatedTiming(
+    prefill_ms_per_token=0.05,
+    decode_step_base_ms=10.0,
+    decode_step_ms_per_kv_token=0.01,
+    kv_bytes_per_token=1024,
+    kv_budget_bytes=1024 * 1000,
+)
+
+
+def test_estimate_follows_the_service_timing_by_hand() -> None:
+    figures = estimated_figures(TIMING, WorkloadShape(prompt_tokens=100, output_tokens=11,
+                                                      concurrency=2))  # fmt: skip
+    # Decode: 2 requests holding 100 + 5.5 tokens each -> 10 + 0.01 * 211 = 12.11 ms a token.
+    assert figures["tpot_ms"] == pytest.approx(12.11)
+    # First token: max(prefill 5 ms, one step beside 1.5 prompts = 10 + 1.5 ms).
+    assert figures["ttft_ms"] == pytest.approx(11.5)
+    assert figures["e2e_ms"] == pytest.approx(11.5 + 10 * 12.11)
+    assert figures["safe_concurrency"] == 9  # 1000 tokens of KV / 111 per request
+    assert figures["kv_peak_mib"] == pytest.approx(2 * 111 * 1024 / 2**20)
+
+
+def test_disagreement_beyond_tolerance_is_reported() -> None:
+    estimate = {"tpot_ms": 10.0, "output_tokens_per_s": 100.0}
+    good = validate(estimate, {"tpot_ms": 10.4, "output_tokens_per_s": 97.0}, subject="x")
+    bad = validate(estimate, {"tpot_ms": 14.0, "output_tokens_per_s": 97.0}, subject="x")
+    assert good.agrees and not bad.agrees
+    assert bad.rows[0].error_pct == pytest.approx(100 * (10 - 14) / 14)
+
+
+def test_telemetry_peaks_read_nvml_over_the_servers_stats(tmp_path: Path) -> None:
+    csv = tmp_path / "telemetry.csv"
+    csv.write_text(
+        "t,gpu0_mem_used_mib,gpu1_mem_used_mib,stats_gpu_memory_used_mib,stats_emulated\n"
+        "1,100,50,10,\n2,300,200,20,\n3,250,,30,\n"
+    )
+    assert telemetry_peaks(csv) == {"peak_memory_mib": 500.0}
+    emulated = tmp_path / "emulated.csv"
+    emulated.write_text("t,stats_gpu_memory_used_mib,stats_emulated\n1,5,True\n2,7,True\n")
+    assert telemetry_peaks(emulated) == {"kv_peak_mib": 7.0}
+
+
+def test_emulated_backend_agrees_with_its_own_estimate(tmp_path: Path, serve_emulated) -> None:
+    shape = WorkloadShape(prompt_tokens=100, output_tokens=12, concurrency=2)
+    with serve_emulated(TIMING) as url:
+        run = load_run_at(url, tmp_path / "run", requests=10, concurrency=2, prompt_tokens=100,
+                          max_tokens=12)  # fmt: skip
+    result = validate(
+        estimated_figures(TIMING, shape),
+        measured_figures(run.summary, telemetry_csv=run.out_dir / "telemetry.csv"),
+        subject="emulated",
+    )
+    errors = {r.name: r.error_pct for r in result.rows}
+    tpot_error, tokens_error = errors["decode ms/token (p50 TPOT)"], errors["output tokens/s"]
+    assert tpot_error is not None and abs(tpot_error) < 5
+    assert tokens_error is not None and abs(tokens_error) < 15
+    assert result.agrees, [(r.name, r.estimate, r.measured) for r in result.rows]
