@@ -7,6 +7,7 @@ Target: the estimate itself (median) <= 0.3 s.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -52,12 +53,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
+    print(f"load average (1 min) before the runs: {os.getloadavg()[0]:.2f}")
     for command in COMMANDS.values():  # warm the page cache and .pyc files
         wall_time(command)
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(args.runs):  # interleaved, so load on the machine hits all alike
         for name, command in COMMANDS.items():
             times[name].append(wall_time(command))
+    load = os.getloadavg()[0]
+    print(f"load average (1 min) after the runs: {load:.2f} on {os.cpu_count()} cores")
     base = statistics.median(times["python -c pass"])
     print(f"{'command':28} {'median s':>9} {'min s':>7} {'x python':>9} {'minus python':>13}")
     for name, samples in times.items():

@@ -15,6 +15,11 @@ catalog_app = typer.Typer(
 )
 
 
+def _checked(checks: tuple[str, ...]) -> str:
+    """Short table marks for secondary-source fields; the full text goes under Sources."""
+    return ", ".join(f"(check) {c.split()[0]}" for c in checks)
+
+
 def _check_format(output_format: str) -> None:
     if output_format not in ("table", "json"):
         print(f"error: unknown --format '{output_format}'; choose table or json", file=sys.stderr)
@@ -38,8 +43,9 @@ def gpus(
     from rich.table import Table
 
     table = Table(title="GPU catalog ((check) = from a secondary source)", title_justify="left")
-    for column in ("id", "name", "total", "GB/s", "TFLOPS", "bf16/fp8", "notes"):
-        table.add_column(column, overflow="fold")
+    for column in ("id", "name", "total", "GB/s", "TFLOPS", "bf16/fp8"):
+        table.add_column(column, no_wrap=column != "name")
+    table.add_column("notes", overflow="fold", ratio=1)
     for e in entries:
         table.add_row(
             e.id,
@@ -48,13 +54,14 @@ def gpus(
             f"{e.bandwidth_gbs:g}",
             f"{e.tflops_fp16:g}" + (" (check)" if "tflops_fp16" in e.check else ""),
             f"{'y' if e.bf16 else 'n'}/{'y' if e.fp8 else 'n'}",
-            "; ".join([e.notes, *(f"(check) {c}" for c in e.check)]).strip("; "),
+            "; ".join([e.notes, _checked(e.check)]).strip("; "),
         )
     console = Console()
     console.print(table)
     console.print("Sources", style="bold")
     for e in entries:
-        console.print(f"  {e.id}: {e.source}", highlight=False)
+        checks = "".join(f"; (check) {c}" for c in e.check)
+        console.print(f"  {e.id}: {e.source}{checks}", highlight=False)
 
 
 @catalog_app.command("models")
@@ -77,13 +84,14 @@ def models(
         title_justify="left",
     )
     columns = ("id", "layers", "hidden", "heads/kv", "head_dim", "tied", "params", "KV/tok")
-    for column in (*columns, "notes"):
-        table.add_column(column, overflow="fold")
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    table.add_column("notes", overflow="fold", ratio=1)
     for e in entries:
         head_dim = e.head_dim or e.hidden // e.heads
         kv = 2 * e.layers * e.kv_heads * head_dim * 2
         notes = [f"window {e.sliding_window} ({e.sliding_layers})"] if e.sliding_window else []
-        notes += [f"(check) {c}" for c in e.check]
+        notes += [_checked(e.check)] if e.check else []
         table.add_row(
             e.id,
             str(e.layers),
@@ -100,7 +108,8 @@ def models(
     console.print("head_dim in parentheses: hidden / heads (no head_dim in config.json)")
     console.print("Sources", style="bold")
     for e in entries:
-        console.print(f"  {e.id}: {e.hf_id}, {e.source}", highlight=False)
+        checks = "".join(f"; (check) {c}" for c in e.check)
+        console.print(f"  {e.id}: {e.hf_id}, {e.source}{checks}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -49,8 +49,10 @@ def estimate(
     group_size: int | None = typer.Option(
         None, "--group-size", help="GPTQ/AWQ group size (default: 128 or config.json's)."
     ),
-    double_quant: bool = typer.Option(
-        True, "--double-quant/--no-double-quant", help="bitsandbytes 4-bit double quantization."
+    double_quant: bool | None = typer.Option(
+        None,
+        "--double-quant/--no-double-quant",
+        help="bitsandbytes 4-bit double quantization (default: config.json's, else on).",
     ),
     kv_dtype: str = typer.Option("auto", "--kv-dtype", help="auto, fp16, bf16, fp8, fp32."),
     runtime: str = typer.Option("hf", "--runtime", help="hf (transformers generate) or vllm."),
@@ -60,7 +62,9 @@ def estimate(
         0.03, "--margin", help="Safety margin, fraction of GPU memory (hf runtime)."
     ),
     gpu_memory_utilization: float = typer.Option(
-        0.9, "--gpu-memory-utilization", help="vLLM's share of GPU memory."
+        0.92,  # vLLM's current default (vllm/config/cache.py); 0.9 before
+        "--gpu-memory-utilization",
+        help="vLLM's share of GPU memory (vLLM's default: 0.92; older releases 0.9).",
     ),
     max_model_len: int | None = typer.Option(
         None, "--max-model-len", help="vLLM max_model_len (default: the model's positions)."
@@ -129,7 +133,7 @@ def estimate(
         raise _fail(str(exc)) from None
     _render(result, output_format)
     if emit is not None:
-        _emit(result, emit[0], emit[1])
+        _emit(result, emit[0], emit[1], _command_line(model, gpu, quant, result))
 
 
 def _run(**options: Any) -> EstimateResult:
@@ -182,17 +186,25 @@ def _render(result: EstimateResult, output_format: str) -> None:
         render.print_table(result, Console())
 
 
-def _emit(result: EstimateResult, fmt: str, path: Path) -> None:
+def _command_line(model: str, gpu: str | None, quant: str | None, result: EstimateResult) -> str:
+    """The estimate the settings came from, as a command that reproduces its main inputs."""
+    w = result.workload
+    parts = ["capplan estimate", f"--gpu {gpu or result.gpu.id}", f"--model {model}"]
+    if quant:
+        parts.append(f"--quant {quant}")
+    parts += [f"--prompt-tokens {w.prompt_tokens}", f"--max-tokens {w.max_tokens}"]
+    parts.append(f"--runtime {w.runtime}")
+    if w.gpus > 1:
+        parts.append(f"--gpus {w.gpus} --tp {w.tp}")
+    return " ".join(parts)
+
+
+def _emit(result: EstimateResult, fmt: str, path: Path, source: str) -> None:
     from capplan.errors import InputError
     from capplan.estimate.server_settings import write_settings
 
     if not result.fits:
         raise _fail(f"the deployment does not fit (see above); nothing written to {path}")
-    w = result.workload
-    source = (
-        f"capplan estimate --gpu {result.gpu.id} --model {result.model.id}-{result.quant.name} "
-        f"--prompt-tokens {w.prompt_tokens} --max-tokens {w.max_tokens} --runtime {w.runtime}"
-    )
     try:
         write_settings(result.settings, fmt, path, source)
     except InputError as exc:

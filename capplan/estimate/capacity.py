@@ -63,6 +63,13 @@ def check_parallelism(spec: ModelSpec, gpus: int, tp: int) -> None:
         raise InputError(f"--gpus {gpus} is not a multiple of --tp {tp}; replicas = gpus / tp")
     if spec.heads % tp:
         raise InputError(f"{spec.id} has {spec.heads} attention heads; --tp must divide them")
+    # vLLM's QKVParallelLinear: fewer KV heads than ranks are replicated (tp a multiple of
+    # kv_heads); more are split evenly (kv_heads a multiple of tp).
+    kv = spec.kv_heads
+    if (tp >= kv and tp % kv) or (tp < kv and kv % tp):
+        raise InputError(
+            f"{spec.id} has {kv} KV heads; --tp must divide them or be a multiple of them"
+        )
 
 
 def capacity(
@@ -215,7 +222,10 @@ def max_tokens_for_concurrency(
         trial = replace(workload, max_tokens=max_tokens)
         return capacity(gpu, spec, scheme, trial, vllm_options).concurrency >= target
 
-    low, high = 0, max(0, spec.max_positions - workload.prompt_tokens)
+    limit = spec.max_positions
+    if workload.runtime == "vllm" and vllm_options and vllm_options.max_model_len:
+        limit = min(limit, vllm_options.max_model_len)
+    low, high = 0, max(0, limit - workload.prompt_tokens)
     if high < 1 or not fits(1):
         return None
     low = 1

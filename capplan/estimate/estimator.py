@@ -64,8 +64,7 @@ def _workload(request: EstimateRequest) -> Workload:
         raise InputError("--prompt-tokens and --max-tokens must be at least 1")
     if not 0 <= request.margin < 0.5:
         raise InputError(f"--margin {request.margin} must be a fraction in [0, 0.5), e.g. 0.03")
-    if not 0 < request.vllm.gpu_memory_utilization <= 1:
-        raise InputError("--gpu-memory-utilization must be in (0, 1], e.g. 0.9")
+    _check_vllm_options(request, prompt + output)
     if request.target_concurrency is not None and request.target_concurrency < 1:
         raise InputError("--target-concurrency must be at least 1")
     if request.clients < 1:
@@ -92,6 +91,41 @@ def _workload(request: EstimateRequest) -> Workload:
         target_concurrency=request.target_concurrency,
         clients=request.clients,
     )
+
+
+def _check_vllm_options(request: EstimateRequest, request_tokens: int) -> None:
+    """vLLM's own refusals, as one-line errors: a max_model_len beyond the model's positions
+    (vLLM raises unless VLLM_ALLOW_LONG_MAX_MODEL_LEN), and requests longer than it (vLLM
+    answers them 400)."""
+    v, spec = request.vllm, request.model.spec
+    if not 0 < v.gpu_memory_utilization <= 1:
+        raise InputError("--gpu-memory-utilization must be in (0, 1], e.g. 0.92")
+    for flag, value in (
+        ("--max-model-len", v.max_model_len),
+        ("--max-num-seqs", v.max_num_seqs),
+        ("--max-num-batched-tokens", v.max_num_batched_tokens),
+    ):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    given = [v.max_model_len, v.max_num_seqs, v.max_num_batched_tokens]
+    if request.runtime != "vllm" and any(value is not None for value in given):
+        raise InputError(
+            "--max-model-len, --max-num-seqs and --max-num-batched-tokens apply to "
+            "--runtime vllm; add it or drop them"
+        )
+    if v.max_model_len is None:
+        return
+    if v.max_model_len > spec.max_positions:
+        raise InputError(
+            f"--max-model-len {v.max_model_len} exceeds {spec.id}'s {spec.max_positions} "
+            "positions (vLLM refuses it); lower --max-model-len"
+        )
+    if request.runtime == "vllm" and request_tokens > v.max_model_len:
+        raise InputError(
+            f"--prompt-tokens + --max-tokens = {request_tokens} exceeds --max-model-len "
+            f"{v.max_model_len} (vLLM rejects such requests); raise --max-model-len or lower "
+            "--max-tokens"
+        )
 
 
 def estimate(request: EstimateRequest) -> EstimateResult:
@@ -254,10 +288,11 @@ def _notes(cap: Capacity, request: EstimateRequest) -> list[str]:
     weights = cap.weights
     notes = []
     if weights.naive_bytes and weights.total_bytes > weights.naive_bytes * 1.02:
-        extra = weights.total_bytes / weights.naive_bytes - 1
+        short = 1 - weights.naive_bytes / weights.total_bytes
         notes.append(
-            f"params x {scheme.weight_bits / 8:g} byte = {format_bytes(weights.naive_bytes)} "
-            f"understates the weights by {extra:.0%}: {format_bytes(weights.unquantized_bytes)} "
+            f"params x {scheme.weight_bits / 8:g} byte = {format_bytes(weights.naive_bytes)} is "
+            f"{short:.0%} below the real {format_bytes(weights.total_bytes)}: "
+            f"{format_bytes(weights.unquantized_bytes)} "
             f"stays 16-bit (embeddings, lm_head, norms) and scales/zeros add "
             f"{format_bytes(weights.scale_bytes)}"
         )

@@ -52,9 +52,9 @@ def cpu_spec(
     cores: int | None = None,
 ) -> GpuSpec:
     """CPU inference: RAM for memory, cores for compute (each default detected or assumed)."""
+    if cores is not None and cores < 1:
+        raise InputError(f"--cores must be at least 1, got {cores}")
     count = cores or os.cpu_count() or 1
-    if count < 1:
-        raise InputError("--cores must be at least 1")
     ram = parse_bytes(vram, option="--vram") if vram else physical_memory_bytes()
     if ram is None:
         raise InputError("cannot read this machine's RAM; give it with --vram, e.g. 32GiB")
@@ -173,6 +173,8 @@ def resolve_gpu(
     cores: int | None = None,
 ) -> GpuSpec:
     """The GPU to plan for. Custom figures override the catalog's or NVML's."""
+    if cores is not None and (gpu or "").strip().lower() != "cpu":
+        raise InputError("--cores applies to CPU inference only; add --gpu cpu or drop --cores")
     if gpu is None or gpu == "custom":
         if vram is None or bandwidth is None:
             raise InputError(

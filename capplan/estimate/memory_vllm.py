@@ -4,8 +4,15 @@
                 - non-torch memory (CUDA context, NCCL buffers)
 
 The budget is cut into pages of `block_size` (16) tokens across all layers. vLLM logs
-"GPU KV cache size: N tokens" and "Maximum concurrency for L tokens per request: Xx", the
-latter assuming every request uses all L = max_model_len tokens.
+"GPU KV cache size: N tokens" (num_blocks x 16) and "Maximum concurrency for L tokens per
+request: Xx" (num_blocks / ceil(L / 16)), the latter assuming every request uses all
+L = max_model_len tokens.
+
+Follows the vLLM V1 engine on main (VLLM_REFERENCE): `vllm/config/cache.py`
+(gpu_memory_utilization 0.92; releases before that change used 0.9),
+`vllm/v1/core/kv_cache_utils.py` (get_num_blocks, get_max_concurrency_for_kv_cache_config,
+_report_kv_cache_config, _check_enough_kv_cache_memory) and `vllm/engine/arg_utils.py`
+(get_batch_defaults for the OpenAI server).
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from capplan.estimate.kv_cache import kv_bytes_per_token
 from capplan.estimate.memory_hf import CUDA_CONTEXT_BYTES, prefill_activation_bytes
 from capplan.estimate.quantization import QuantScheme
 
-GPU_MEMORY_UTILIZATION = 0.9
+VLLM_REFERENCE = "vLLM V1 engine as on main, default gpu_memory_utilization 0.92"
+GPU_MEMORY_UTILIZATION = 0.92
 BLOCK_SIZE = 16
 NCCL_BYTES = 256 * 1024**2  # per rank when tensor parallel
 
@@ -51,9 +59,19 @@ class VllmBudget:
     kv_per_token_bytes: int
 
     @property
+    def num_blocks(self) -> int:
+        return self.kv_cache_tokens // BLOCK_SIZE
+
+    @property
+    def blocks_per_full_request(self) -> int:
+        """Pages one max_model_len sequence needs (vLLM: cdiv(max_model_len, block_size))."""
+        return math.ceil(self.max_model_len / BLOCK_SIZE)
+
+    @property
     def max_concurrency_full_length(self) -> float:
-        """What vLLM logs: KV tokens / max_model_len."""
-        return self.kv_cache_tokens / self.max_model_len if self.max_model_len else 0.0
+        """What vLLM logs: num_blocks / cdiv(max_model_len, 16)."""
+        pages = self.blocks_per_full_request
+        return self.num_blocks / pages if pages else 0.0
 
     @property
     def request_pages(self) -> int:
@@ -64,13 +82,14 @@ class VllmBudget:
         """Sequences of the actual prompt + max_tokens that fit at once, capped by max_num_seqs."""
         if self.request_pages == 0:
             return 0
-        fit = (self.kv_cache_tokens // BLOCK_SIZE) // self.request_pages
+        fit = self.num_blocks // self.request_pages
         return int(min(self.max_num_seqs, fit))
 
     @property
     def starts(self) -> bool:
-        """vLLM refuses to start when one max_model_len sequence does not fit the KV cache."""
-        return self.kv_cache_tokens >= self.max_model_len > 0
+        """vLLM refuses to start when one max_model_len sequence does not fit the KV cache
+        (`_check_enough_kv_cache_memory`: its pages, not its tokens, must fit)."""
+        return self.max_model_len > 0 and self.num_blocks >= self.blocks_per_full_request
 
     @property
     def fits(self) -> bool:

@@ -103,7 +103,8 @@ def spec_from_config(cfg: dict[str, Any], model_id: str, source: str) -> ModelSp
             max_positions=int(cfg.get("max_position_embeddings", 4096)),
             dtype=_dtype_name(cfg.get("torch_dtype", cfg.get("dtype"))),
             qkv_bias=rules.qkv_bias or attention_bias,
-            o_bias=attention_bias and model_type not in FAMILY_RULES,
+            # attention_bias puts a bias on o_proj too, except in Qwen2 (q/k/v only).
+            o_bias=attention_bias and model_type != "qwen2",
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             qk_norm=rules.qk_norm,
             norms_per_layer=rules.norms_per_layer,
@@ -114,18 +115,69 @@ def spec_from_config(cfg: dict[str, Any], model_id: str, source: str) -> ModelSp
         raise InputError(f"{source} is not a decoder config.json (missing or bad {exc})") from None
 
 
-def _quant_from_config(cfg: dict[str, Any]) -> str | None:
+@dataclass(frozen=True)
+class ConfigQuant:
+    """What a config.json `quantization_config` says about weight storage."""
+
+    scheme: str
+    group_size: int = 128
+    bits: int = 4
+    double_quant: bool = False
+
+
+def _compressed_tensors(qc: dict[str, Any]) -> ConfigQuant:
+    """llm-compressor's `compressed-tensors`: fp8 weights, or int4 packed with group scales."""
+    groups = qc.get("config_groups") or {}
+    weights = next(
+        (g.get("weights") for g in groups.values() if isinstance(g, dict) and g.get("weights")),
+        None,
+    )
+    if not isinstance(weights, dict):
+        raise InputError("compressed-tensors config without weight settings; pass --quant")
+    bits, kind = int(weights.get("num_bits") or 0), str(weights.get("type", "int"))
+    if kind == "float" and bits == 8:
+        return ConfigQuant("fp8")
+    if kind == "int" and bits in (4, 8):
+        size = weights.get("group_size")
+        return ConfigQuant("gptq", int(size) if size else -1, bits)
+    raise InputError(f"compressed-tensors {kind}{bits} weights are not modelled; pass --quant")
+
+
+def _quant_from_config(cfg: dict[str, Any]) -> ConfigQuant | None:
+    """The quantization config.json declares. An unknown method is an error, not silently
+    the native dtype: the weights would be mis-sized."""
     qc = cfg.get("quantization_config")
     if not isinstance(qc, dict):
         return None
     method = str(qc.get("quant_method", "")).lower()
+    if not method and ("load_in_8bit" in qc or "load_in_4bit" in qc):
+        method = "bitsandbytes"  # configs written before quant_method existed
     if method == "bitsandbytes":
         if qc.get("load_in_8bit"):
-            return "int8"
-        return str(qc.get("bnb_4bit_quant_type", "nf4"))
-    if method in {"gptq", "awq", "fp8"}:
-        return method
-    return None
+            return ConfigQuant("int8")
+        if not qc.get("load_in_4bit"):
+            return None
+        # BitsAndBytesConfig's defaults: fp4 codes, no double quantization.
+        return ConfigQuant(
+            str(qc.get("bnb_4bit_quant_type") or "fp4"),
+            double_quant=bool(qc.get("bnb_4bit_use_double_quant", False)),
+        )
+    if method in {"gptq", "awq"}:
+        size = qc.get("group_size", qc.get("q_group_size", 128))
+        bits = qc.get("bits") or qc.get("w_bit") or 4
+        try:
+            return ConfigQuant(method, int(128 if size is None else size), int(bits))
+        except (TypeError, ValueError):
+            message = f"config.json {method} group_size/bits unreadable; pass --quant"
+            raise InputError(message) from None
+    if method == "fp8":
+        return ConfigQuant("fp8")
+    if method == "compressed-tensors":
+        return _compressed_tensors(qc)
+    raise InputError(
+        f"config.json quant_method '{method}' is not modelled; pass --quant "
+        f"({', '.join(SCHEME_NAMES)})"
+    )
 
 
 def read_config(path: Path) -> tuple[dict[str, Any], str]:
@@ -147,31 +199,49 @@ def resolve_model(
     *,
     quant: str | None = None,
     group_size: int | None = None,
-    double_quant: bool = True,
+    double_quant: bool | None = None,
 ) -> ResolvedModel:
-    """The model and quantization `--model` (and `--quant`) name."""
+    """The model and quantization `--model` (and `--quant`) name. `double_quant` None: what
+    config.json says, else on (bitsandbytes 4-bit)."""
     text = text.strip()
+    if group_size is not None and group_size != -1 and group_size < 1:
+        raise InputError(
+            f"--group-size must be a power of two (32, 64, 128) or -1, got {group_size}"
+        )
     path = Path(text).expanduser()
     if _looks_like_path(text) and path.exists():
         cfg, source = read_config(path)
         spec = spec_from_config(cfg, path.name if path.is_dir() else path.parent.name, source)
-        from_config = _quant_from_config(cfg)
-        qc = cfg.get("quantization_config") or {}
-        size = group_size or int(qc.get("group_size") or qc.get("q_group_size") or 128)
-        name, origin = (quant, "--quant") if quant else (from_config, "config.json")
-        if name is None:
-            name, origin = "native", "native dtype"
-        return ResolvedModel(spec, _parse(name, spec, size, double_quant), origin)
+        if quant:
+            try:
+                declared = _quant_from_config(cfg)
+            except InputError:
+                declared = None  # --quant replaces a method capplan does not model
+            size = group_size or (declared.group_size if declared else 128)
+            dq = True if double_quant is None else double_quant
+            return ResolvedModel(spec, _parse(quant, spec, size, dq), "--quant")
+        declared = _quant_from_config(cfg)
+        if declared is None:
+            return ResolvedModel(spec, _parse("native", spec, 128, True), "native dtype")
+        scheme = parse_quant(
+            declared.scheme,
+            native_dtype=spec.dtype,
+            group_size=group_size or declared.group_size,
+            double_quant=declared.double_quant if double_quant is None else double_quant,
+            bits=declared.bits,
+        )
+        return ResolvedModel(spec, scheme, "config.json")
     if _looks_like_path(text) or (text.count("/") > 1):
         raise InputError(f"no such model file or directory: {text}")
     entry, suffix = _catalog_entry(text)
     spec = spec_from_entry(entry)
     size = group_size or 128
+    dq = True if double_quant is None else double_quant
     if quant:
-        return ResolvedModel(spec, _parse(quant, spec, size, double_quant), "--quant")
+        return ResolvedModel(spec, _parse(quant, spec, size, dq), "--quant")
     if suffix:
-        return ResolvedModel(spec, _parse(suffix, spec, size, double_quant), "suffix")
-    return ResolvedModel(spec, _parse("native", spec, size, double_quant), "native dtype")
+        return ResolvedModel(spec, _parse(suffix, spec, size, dq), "suffix")
+    return ResolvedModel(spec, _parse("native", spec, size, dq), "native dtype")
 
 
 def _parse(name: str, spec: ModelSpec, group_size: int, double_quant: bool) -> QuantScheme:

@@ -16,6 +16,7 @@ from capplan.estimate.architecture import LINEAR, ModelSpec, TensorGroup, tensor
 NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize for weights
 DOUBLE_QUANT_BLOCK = 256  # second-level blocks of absmax values
 BNB_NESTED_CODE_BYTES = 256 * 4  # dynamic-map code of the nested state, fp32 x 256 per tensor
+PER_CHANNEL = -1  # GPTQ/AWQ group_size -1: one scale and zero per output row
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,10 @@ def parse_quant(
     native_dtype: str = "bf16",
     group_size: int = 128,
     double_quant: bool = True,
+    bits: int = 4,
 ) -> QuantScheme:
-    """A scheme from its name (`int8`, `nf4`, `awq`, ... or `native`)."""
+    """A scheme from its name (`int8`, `nf4`, `awq`, ... or `native`). `group_size` -1 is
+    GPTQ/AWQ per-channel (one group spans the whole input); `bits` applies to GPTQ/AWQ."""
     key = text.strip().lower()
     key = _ALIASES.get(key, key)
     if key == "native":
@@ -82,8 +85,14 @@ def parse_quant(
         raise InputError(
             f"unknown quantization '{text}'; choose one of {', '.join(scheme_names())}"
         )
-    if group_size <= 0 or group_size & (group_size - 1):
-        raise InputError(f"--group-size must be a power of two (32, 64, 128), got {group_size}")
+    if group_size != PER_CHANNEL and (group_size <= 0 or group_size & (group_size - 1)):
+        raise InputError(
+            f"--group-size must be a power of two (32, 64, 128) or -1, got {group_size}"
+        )
+    if key in {"gptq", "awq"}:
+        if bits not in (2, 3, 4, 8):
+            raise InputError(f"{key} with {bits} bits is not modelled; pass --quant (2/3/4/8 bit)")
+        return _grouped(key, group_size, bits)
     return _SCHEMES[key](group_size, double_quant)
 
 
@@ -107,15 +116,17 @@ def _bnb_4bit(name: str, double_quant: bool) -> QuantScheme:
     )
 
 
-def _int4_grouped(name: str, group_size: int) -> QuantScheme:
-    """GPTQ / AWQ int4: packed weights with a scale and zero per group; GPTQ adds g_idx."""
+def _grouped(name: str, group_size: int, bits: int = 4) -> QuantScheme:
+    """GPTQ / AWQ: packed weights with a scale and zero per group; GPTQ adds g_idx."""
     g_idx = " + int32 g_idx per input" if name == "gptq" else ""
+    group = "per channel" if group_size == PER_CHANNEL else f"g{group_size}"
+    span = "all" if group_size == PER_CHANNEL else str(group_size)
     return QuantScheme(
         name,
-        f"{name.upper()} int4 g{group_size}",
-        f"Linear weights 4-bit packed in int32 + fp16 scale and 4-bit zero per {group_size} "
+        f"{name.upper()} int{bits} {group}",
+        f"Linear weights {bits}-bit packed in int32 + fp16 scale and {bits}-bit zero per {span} "
         f"inputs per output{g_idx}; embeddings, lm_head, norms 16-bit",
-        4,
+        bits,
         group_size=group_size,
         decode_slowdown=1.2,
         prefill_slowdown=1.2,
@@ -143,8 +154,8 @@ _SCHEMES = {
     ),
     "nf4": lambda g, dq: _bnb_4bit("nf4", dq),
     "fp4": lambda g, dq: _bnb_4bit("fp4", dq),
-    "gptq": lambda g, dq: _int4_grouped("gptq", g),
-    "awq": lambda g, dq: _int4_grouped("awq", g),
+    "gptq": lambda g, dq: _grouped("gptq", g),
+    "awq": lambda g, dq: _grouped("awq", g),
 }
 
 
@@ -183,10 +194,12 @@ def _linear_bytes(group: TensorGroup, scheme: QuantScheme) -> tuple[int, int]:
         else:
             scales = blocks * 4
     else:  # gptq / awq, group along the input dimension
-        size = scheme.group_size or 128
+        size = in_f if scheme.group_size == PER_CHANNEL else scheme.group_size or 128
         groups = math.ceil(in_f / size)
-        data = numel // 2
-        scales = groups * out_f * 2 + math.ceil(groups * out_f / 8) * 4  # fp16 scales + qzeros
+        bits = scheme.weight_bits
+        data = math.ceil(numel * bits / 32) * 4  # packed into int32
+        zeros = math.ceil(groups * out_f * bits / 32) * 4  # qzeros, packed the same way
+        scales = groups * out_f * 2 + zeros  # fp16 scales + packed zeros
         if scheme.name == "gptq":
             scales += in_f * 4  # g_idx
     return data * count, scales * count

@@ -6,11 +6,13 @@ import math
 from dataclasses import replace
 
 from capplan.catalog import loader
+from capplan.errors import InputError
 from capplan.estimate.architecture import ModelSpec
 from capplan.estimate.capacity import (
     Capacity,
     VllmOptions,
     capacity,
+    check_parallelism,
     max_tokens_for_concurrency,
 )
 from capplan.estimate.gpu_spec import GpuSpec, from_catalog
@@ -92,6 +94,23 @@ def server_settings(
     )
 
 
+def _fit(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    options: VllmOptions | None,
+) -> tuple[Capacity, str]:
+    """Capacity with a change applied; under vLLM, when the change only misses because one
+    max_model_len sequence does not fit, with the max_model_len vLLM would suggest."""
+    cap = capacity(gpu, spec, scheme, workload, options)
+    v = cap.vllm
+    if v is None or v.starts or v.kv_cache_tokens < workload.request_tokens:
+        return cap, ""
+    shorter = replace(options or VllmOptions(), max_model_len=v.kv_cache_tokens)
+    return capacity(gpu, spec, scheme, workload, shorter), f" --max-model-len {v.kv_cache_tokens}"
+
+
 def alternatives(
     gpu: GpuSpec,
     spec: ModelSpec,
@@ -107,18 +126,18 @@ def alternatives(
         if name == "fp8" and not gpu.fp8:
             continue
         other = parse_quant(name, native_dtype=spec.dtype)
-        cap = capacity(gpu, spec, other, workload, vllm_options)
+        cap, extra = _fit(gpu, spec, other, workload, vllm_options)
         if cap.weights.total_bytes < current.weights.total_bytes and cap.concurrency >= 1:
+            # Every smaller scheme that fits: they trade memory against decode speed.
             found.append(
                 Alternative(
                     "quantization",
-                    f"--model {spec.id}-{name}",
+                    f"--quant {name}{extra}",
                     cap.concurrency,
                     f"{other.label}: weights {format_bytes(cap.weights.total_bytes)}, "
                     f"{cap.concurrency} concurrent",
                 )
             )
-            break
     shorter = max_tokens_for_concurrency(gpu, spec, scheme, workload, 1, vllm_options)
     if shorter is not None and shorter < workload.max_tokens:
         found.append(
@@ -188,12 +207,12 @@ def _bigger_gpus(
     for entry in sorted(loader.gpus().values(), key=lambda e: (e.total_bytes, -e.bandwidth_gbs)):
         if entry.total_bytes <= gpu.total_bytes:
             continue
-        cap = capacity(from_catalog(entry), spec, scheme, workload, vllm_options)
+        cap, extra = _fit(from_catalog(entry), spec, scheme, workload, vllm_options)
         if cap.concurrency >= 1:
             options.append(
                 Alternative(
                     "gpu",
-                    f"--gpu {entry.id}",
+                    f"--gpu {entry.id}{extra}",
                     cap.concurrency,
                     f"{entry.name} ({format_bytes(entry.total_bytes)}): "
                     f"{cap.concurrency} concurrent",
@@ -212,15 +231,19 @@ def _more_gpus(
     vllm_options: VllmOptions | None,
 ) -> list[Alternative]:
     for tp in (2, 4, 8):
-        if tp <= workload.tp or spec.heads % tp:
+        if tp <= workload.tp:
+            continue
+        try:
+            check_parallelism(spec, tp, tp)
+        except InputError:
             continue
         trial = replace(workload, gpus=tp, tp=tp)
-        cap = capacity(gpu, spec, scheme, trial, vllm_options)
+        cap, extra = _fit(gpu, spec, scheme, trial, vllm_options)
         if cap.concurrency >= 1:
             return [
                 Alternative(
                     "gpus",
-                    f"--gpus {tp} --tp {tp}",
+                    f"--gpus {tp} --tp {tp}{extra}",
                     cap.concurrency,
                     f"{tp} x {gpu.name}, weights {format_bytes(cap.weights.total_bytes)} per "
                     f"GPU: {cap.concurrency} concurrent",

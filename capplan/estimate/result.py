@@ -14,7 +14,7 @@ from capplan.estimate.quantization import QuantScheme, WeightStorage
 
 # Bump the minor version for added fields, the major one for renamed or removed fields.
 # Documented in docs/estimate-schema.md.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_MAX_TOKENS = 512
@@ -152,6 +152,7 @@ def as_dict(result: EstimateResult) -> dict[str, Any]:
         data["vllm"]["max_concurrency_full_length"] = round(
             result.vllm.max_concurrency_full_length, 2
         )
+        data["vllm"]["num_blocks"] = result.vllm.num_blocks
         data["vllm"]["workload_concurrency"] = result.vllm.workload_concurrency
         data["vllm"]["starts"] = result.vllm.starts
     return data

@@ -26,7 +26,10 @@ def parse_bytes(text: str, *, option: str = "--vram") -> int:
     match = re.fullmatch(_NUMBER + r"([kmgt]i?b|b)?\s*", text.strip().lower())
     if not match:
         raise InputError(f"{option} '{text}' is not a size; write it like 24GiB or 24576MiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2) or ""])
+    if size < 1024**2:
+        raise InputError(f"{option} '{text}' is too small to hold a model; write it like 24GiB")
+    return size
 
 
 def parse_bandwidth(text: str, *, option: str = "--bandwidth") -> float:
@@ -35,7 +38,10 @@ def parse_bandwidth(text: str, *, option: str = "--bandwidth") -> float:
     if not match:
         raise InputError(f"{option} '{text}' is not a bandwidth; write it like 936GB/s")
     unit = match.group(2) or "gb"
-    return float(match.group(1)) * _SIZE_UNITS[unit]
+    value = float(match.group(1)) * _SIZE_UNITS[unit]
+    if value <= 0:
+        raise InputError(f"{option} '{text}' must be positive; write it like 936GB/s")
+    return value
 
 
 def parse_tflops(text: str, *, option: str = "--tflops") -> float:

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from capplan.estimate.memory_vllm import VLLM_REFERENCE
 from capplan.estimate.result import EstimateResult, ServerSettings, as_dict
 from capplan.estimate.units import format_bytes
 
@@ -140,11 +141,11 @@ def _vllm_section(r: EstimateResult) -> Section | None:
     if v is None:
         return None
     return Section(
-        "vLLM",
+        f"vLLM ({VLLM_REFERENCE})",
         [
-            Row("GPU KV cache size", f"{v.kv_cache_tokens:,} tokens", "as vLLM logs it"),
+            Row("GPU KV cache size:", f"{v.kv_cache_tokens:,} tokens", "as vLLM logs it"),
             Row(
-                f"Maximum concurrency for {v.max_model_len:,} tokens per request",
+                f"Maximum concurrency for {v.max_model_len:,} tokens per request:",
                 f"{v.max_concurrency_full_length:.2f}x",
                 "as vLLM logs it (every request at max_model_len)",
             ),

@@ -24,6 +24,7 @@ SEED = [
     "--max-tokens",
     "512",
 ]
+H100_VLLM = ["--gpu", "h100", "--model", "qwen3-8b", "--runtime", "vllm"]
 SETTINGS_KEYS = {
     "max_concurrent",
     "queue_size",
@@ -73,7 +74,7 @@ def test_defaults_are_stated_in_the_output() -> None:
 def test_json_output_carries_the_schema_version() -> None:
     result = invoke(*SEED, "--format", "json")
     data = json.loads(result.output)
-    assert data["schema_version"] == "1.0"
+    assert data["schema_version"] == "1.1"
     assert data["memory"]["kv_per_token_bytes"] == 147456
     assert set(data["settings"]) == SETTINGS_KEYS
 
@@ -81,7 +82,7 @@ def test_json_output_carries_the_schema_version() -> None:
 def test_markdown_output_is_a_document() -> None:
     result = invoke(*SEED, "--format", "markdown", "--runtime", "vllm", "--max-model-len", "1024")
     assert result.output.startswith("# capplan estimate")
-    assert "| GPU KV cache size |" in result.output
+    assert "| GPU KV cache size: |" in result.output
 
 
 @pytest.mark.parametrize(
@@ -110,6 +111,61 @@ def test_markdown_output_is_a_document() -> None:
         (
             ["--gpu", "rtx3080", "--model", "qwen3-8b-int9"],
             "error: unknown quantization 'int9' in 'qwen3-8b-int9'; use one of:",
+        ),
+        (["--vram", "0", "--bandwidth", "900", "--model", "qwen3-8b"], "error: --vram '0' is too"),
+        (["--vram", "-5GiB", "--bandwidth", "900", "--model", "qwen3-8b"], "error: --vram '-5GiB'"),
+        (["--vram", "24GiB", "--bandwidth", "0", "--model", "qwen3-8b"], "error: --bandwidth '0'"),
+        (["--gpu", "rtx3090", "--model", "qwen3-8b", "--tflops", "-1"], "error: --tflops '-1'"),
+        (["--gpu", "rtx3090", "--model", "qwen3-8b", "--gpus", "0"], "error: --gpus and --tp"),
+        (
+            ["--gpu", "rtx3090", "--model", "qwen3-8b", "--gpus", "2", "--tp", "4"],
+            "error: --gpus 2",
+        ),
+        (
+            ["--gpu", "rtx3090", "--model", "qwen2.5-7b", "--gpus", "7", "--tp", "7"],
+            "error: qwen2.5",
+        ),
+        (["--gpu", "rtx3090", "--model", "qwen3-8b", "--kv-dtype", "int4"], "error: unknown --kv"),
+        (["--gpu", "rtx3090", "--model", "qwen3-8b", "--max-tokens", "-3"], "error: --prompt-tok"),
+        (
+            ["--gpu", "rtx3090", "--model", "qwen3-8b", "--prompt-tokens", "40500"],
+            "error: --prompt-tokens + --max-tokens = 41012 exceeds qwen3-8b's 40960 positions",
+        ),
+        (["--gpu", "rtx3090", "--model", "qwen3-8b", "--group-size", "0"], "error: --group-size"),
+        (["--gpu", "rtx3090", "--model", "qwen3-8b", "--cores", "4"], "error: --cores applies"),
+        (["--gpu", "cpu", "--model", "qwen3-8b", "--cores", "0"], "error: --cores must be"),
+        (["--gpu", "rtx3090", "--model", "qwen3-8b", "--clients", "0"], "error: --clients"),
+        (
+            ["--gpu", "rtx3090", "--model", "qwen3-8b", "--target-concurrency", "0"],
+            "error: --target-concurrency",
+        ),
+        (
+            ["--gpu", "rtx3090", "--model", "qwen3-8b", "--max-model-len", "8192"],
+            "error: --max-model-len, --max-num-seqs and --max-num-batched-tokens apply to",
+        ),
+        (
+            ["--gpu", "h100", "--model", "qwen3-8b", "--runtime", "vllm", "--max-model-len", "0"],
+            "error: --max-model-len must be at least 1",
+        ),
+        (
+            ["--gpu", "h100", "--model", "qwen3-8b", "--runtime", "vllm", "--max-num-seqs", "-1"],
+            "error: --max-num-seqs must be at least 1",
+        ),
+        (
+            [*H100_VLLM, "--max-model-len", "99999"],
+            "error: --max-model-len 99999 exceeds qwen3-8b's 40960 positions",
+        ),
+        (
+            ["--gpu", "h100", "--model", "qwen3-8b", "--runtime", "vllm", "--max-model-len", "800"],
+            "error: --prompt-tokens + --max-tokens = 1024 exceeds --max-model-len 800",
+        ),
+        (
+            [*H100_VLLM, "--gpu-memory-utilization", "1.5"],
+            "error: --gpu-memory-utilization must be in (0, 1]",
+        ),
+        (
+            ["--gpu", "rtx3090", "--model", "qwen3-8b", "--emit", "yaml", "x"],
+            "error: unknown --emit",
         ),
     ],
 )
@@ -170,6 +226,28 @@ def test_emit_gunicorn_writes_a_config_with_raw_env(tmp_path: Path) -> None:
     assert "CAPPLAN_MAX_CONCURRENT=1" in namespace["raw_env"]
 
 
+@pytest.mark.parametrize("fmt", ["json", "env", "gunicorn"])
+def test_emitted_settings_are_what_capplan_serve_loads(tmp_path: Path, fmt: str) -> None:
+    from reference_server.config import resolve_config
+
+    target = tmp_path / f"settings.{fmt}"
+    args = ["estimate", "--gpu", "rtx3090", "--model", "qwen3-8b-awq", "--format", "json"]
+    result = invoke(*args, "--emit", fmt, str(target))
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)["settings"]
+    if fmt == "gunicorn":
+        # gunicorn hands raw_env to its workers as environment variables.
+        namespace: dict = {}
+        exec(compile(target.read_text(), str(target), "exec"), namespace)
+        environ = dict(line.split("=", 1) for line in namespace["raw_env"])
+        config = resolve_config(environ=environ)
+    else:
+        config = resolve_config(config_file=target)
+    assert {key: getattr(config, key) for key in expected} == expected
+    assert set(config.sources) == set(expected)
+    assert "--model qwen3-8b-awq" in target.read_text()
+
+
 def test_emit_refuses_when_nothing_fits(tmp_path: Path) -> None:
     target = tmp_path / "settings.json"
     result = invoke(
@@ -203,3 +281,32 @@ def test_catalog_lists_gpus_and_models_with_sources() -> None:
     rows = json.loads(models.output)
     assert {r["id"] for r in rows} >= {"qwen3-8b", "llama-3.1-8b", "gemma-2-9b"}
     assert all(r["source"] for r in rows)
+
+
+def test_model_directory_through_the_cli_uses_its_quantization(tmp_path: Path) -> None:
+    config = {
+        "model_type": "llama",
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "dtype": "bfloat16",
+        "quantization_config": {
+            "quant_method": "bitsandbytes",
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_use_double_quant": True,
+        },
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = invoke("estimate", "--gpu", "rtx3080", "--model", str(tmp_path), "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["params"] == 8_030_261_248  # Llama-3.1-8B
+    assert data["quant"]["name"] == "nf4" and data["quant"]["double_quant"] is True
+    assert data["quant_source"] == "config.json"
+    off = invoke("estimate", "--gpu", "rtx3080", "--model", str(tmp_path), "--no-double-quant")
+    assert off.exit_code == 0 and "nf4 + double quant" not in off.stdout

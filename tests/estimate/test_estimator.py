@@ -76,20 +76,97 @@ def test_does_not_fit_says_so_and_offers_alternatives_with_numbers() -> None:
     gpu_choice = next(a for a in r.alternatives if a.kind == "gpu").change.split()[-1]
     assert run(gpu=gpu_choice, model="qwen3-8b").fits
     quant_choice = next(a for a in r.alternatives if a.kind == "quantization").change
-    assert run(model=quant_choice.split()[-1]).fits
+    assert run(model="qwen3-8b-" + quant_choice.split()[-1]).fits
+
+
+def test_does_not_fit_lists_every_kind_of_fix_with_numbers_that_hold() -> None:
+    # The seed card with 4096 output tokens: the KV of one request no longer fits.
+    r = run(prompt_tokens=512, max_tokens=4096)
+    assert not r.fits
+    by_kind: dict[str, list] = {}
+    for alternative in r.alternatives:
+        by_kind.setdefault(alternative.kind, []).append(alternative)
+    assert {"quantization", "max_tokens", "gpu", "gpus"} <= set(by_kind)
+    for a in by_kind["quantization"]:
+        fixed = run(model="qwen3-8b-" + a.change.split()[-1], prompt_tokens=512, max_tokens=4096)
+        assert fixed.concurrency == a.concurrency >= 1
+    shorter = int(by_kind["max_tokens"][0].change.split()[-1])
+    assert run(prompt_tokens=512, max_tokens=shorter).fits
+    assert not run(prompt_tokens=512, max_tokens=shorter + 1).fits
+    gpu = by_kind["gpu"][0].change.split()[-1]
+    assert (
+        run(gpu=gpu, prompt_tokens=512, max_tokens=4096).concurrency
+        == by_kind["gpu"][0].concurrency
+    )
+    tp = int(by_kind["gpus"][0].change.split()[-1])
+    more = run(prompt_tokens=512, max_tokens=4096, gpus=tp, tp=tp)
+    assert more.concurrency == by_kind["gpus"][0].concurrency >= 1
 
 
 def test_vllm_budget_reports_what_vllm_logs() -> None:
-    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm")
+    # 40960 tokens need 5.6 GiB: enough at vLLM's 0.92, not at the 0.9 of older releases.
+    assert run(gpu="rtx3090", model="qwen3-8b", runtime="vllm").vllm.starts
+    older = VllmOptions(gpu_memory_utilization=0.9)
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=older)
     v = r.vllm
-    assert v is not None and v.starts is False  # 40960 tokens need 5.6 GiB; there is less
+    assert v is not None and v.starts is False
     r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=VllmOptions(max_model_len=8192))
     v = r.vllm
     assert v.kv_cache_tokens % 16 == 0
-    budget = int(23.69 * GIB * 0.9) - r.weights.total_bytes - v.activation_bytes - v.non_torch_bytes
-    assert v.kv_cache_tokens == budget // (16 * 144 * 1024) * 16
-    assert v.max_concurrency_full_length == pytest.approx(v.kv_cache_tokens / 8192)
+    assert v.gpu_memory_utilization == 0.92  # vLLM's current default (vllm/config/cache.py)
+    budget = (
+        int(23.69 * GIB * 0.92) - r.weights.total_bytes - v.activation_bytes - v.non_torch_bytes
+    )
+    # get_num_blocks: available // page_size // layers, page = 2 x 16 x kv_heads x head_dim x 2 B
+    num_blocks = budget // (2 * 16 * 8 * 128 * 2) // 36
+    assert v.kv_cache_tokens == num_blocks * 16
+    assert v.max_concurrency_full_length == pytest.approx(num_blocks / (8192 // 16))
     assert r.concurrency == min(v.max_num_seqs, v.kv_cache_tokens // 1024)
+
+
+def test_vllm_max_concurrency_counts_whole_pages_as_vllm_does() -> None:
+    # max_model_len 1000 needs cdiv(1000, 16) = 63 pages: vLLM divides blocks by 63, not 62.5.
+    options = VllmOptions(max_model_len=1000)
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", max_tokens=488, vllm=options)
+    v = r.vllm
+    assert v.max_concurrency_full_length == pytest.approx((v.kv_cache_tokens // 16) / 63)
+    assert r.concurrency == min(v.max_num_seqs, (v.kv_cache_tokens // 16) // 63)
+
+
+def test_vllm_refuses_to_start_when_one_full_length_sequence_does_not_fit() -> None:
+    older = VllmOptions(gpu_memory_utilization=0.9)
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=older)
+    v = r.vllm
+    assert not v.starts and not r.fits and "refuse to start" in r.verdict
+    fix = next(a for a in r.alternatives if a.kind == "max_model_len")
+    length = int(fix.change.split()[-1])
+    assert length == v.kv_cache_tokens
+    options = VllmOptions(gpu_memory_utilization=0.9, max_model_len=length)
+    fixed = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=options)
+    assert fixed.vllm.starts and fixed.concurrency == fix.concurrency >= 1
+
+
+def test_target_concurrency_under_vllm_answers_within_max_model_len() -> None:
+    options = VllmOptions(max_model_len=4096)
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=options, target_concurrency=40)
+    m = r.target_max_tokens
+    assert m is not None and m <= 4096 - 512
+    assert (
+        run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=options, max_tokens=m).concurrency
+        >= 40
+    )
+    if m < 4096 - 512:
+        over = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=options, max_tokens=m + 1)
+        assert over.concurrency < 40
+
+
+def test_tensor_parallel_splits_kv_heads_and_replicates_when_ranks_outnumber_them() -> None:
+    two = run(gpu="h100", model="llama-3.1-70b", gpus=2, tp=2)
+    assert two.memory.kv_per_token_bytes == 2 * 80 * (8 // 2) * 128 * 2
+    sixteen = run(gpu="h100", model="llama-3.1-70b", gpus=16, tp=16)
+    assert sixteen.memory.kv_per_token_bytes == 2 * 80 * 1 * 128 * 2  # 8 heads, 16 ranks
+    with pytest.raises(InputError, match="4 KV heads; --tp must divide them or be a multiple"):
+        run(gpu="h100", model="qwen2.5-7b", gpus=7, tp=7)  # 28 heads split, 4 KV heads do not
 
 
 def test_tensor_parallel_and_replicas_multiply_capacity() -> None:
@@ -128,6 +205,10 @@ def test_defaults_are_stated() -> None:
         ({"gpus": 3, "tp": 2}, "multiple of --tp"),
         ({"max_tokens": 50000}, "exceeds"),
         ({"margin": 0.9}, "--margin"),
+        ({"vllm": VllmOptions(max_model_len=4096)}, "apply to --runtime vllm"),
+        ({"runtime": "vllm", "vllm": VllmOptions(max_model_len=50000)}, "exceeds qwen3-8b's"),
+        ({"runtime": "vllm", "vllm": VllmOptions(max_model_len=600)}, "exceeds --max-model-len"),
+        ({"runtime": "vllm", "vllm": VllmOptions(max_num_batched_tokens=0)}, "at least 1"),
     ],
 )
 def test_bad_options_raise_one_line_input_errors(options: dict, message: str) -> None:
@@ -164,3 +245,14 @@ def test_cpu_runtime_must_be_hf() -> None:
                 runtime="vllm",
             )
         )
+
+
+def test_vllm_alternatives_pair_a_change_with_the_max_model_len_it_needs() -> None:
+    r = run(runtime="vllm")  # seed int8 under vLLM: no KV cache left at all
+    assert not r.fits
+    quant = next(a for a in r.alternatives if a.kind == "quantization")
+    words = quant.change.split()
+    assert words[0] == "--quant" and words[2] == "--max-model-len"
+    options = VllmOptions(max_model_len=int(words[3]))
+    fixed = run(model="qwen3-8b-" + words[1], runtime="vllm", vllm=options)
+    assert fixed.vllm.starts and fixed.concurrency == quant.concurrency >= 1
