@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from reference_server.backend import Backend, GenerationRequest, TokenDelta
@@ -223,11 +224,29 @@ def create_app(
     return app
 
 
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI requestBody for `model`, with pydantic's `$defs` inlined: a `#/$defs/...`
+    reference inside an operation resolves nowhere, so /docs and schema fuzzers would skip it."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    content = {"application/json": {"schema": inline(schema)}}
+    return {"requestBody": {"content": content, "required": True}}
+
+
 def _add_routes(app: FastAPI, state: ServerState) -> None:
-    completion_schema = {"requestBody": {"content": {"application/json": {
-        "schema": CompletionRequest.model_json_schema()}}, "required": True}}  # fmt: skip
-    chat_schema = {"requestBody": {"content": {"application/json": {
-        "schema": ChatCompletionRequest.model_json_schema()}}, "required": True}}  # fmt: skip
+    completion_schema = _body_schema(CompletionRequest)
+    chat_schema = _body_schema(ChatCompletionRequest)
 
     @app.post("/v1/completions", openapi_extra=completion_schema)
     async def completions(request: Request) -> Response:

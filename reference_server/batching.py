@@ -26,6 +26,7 @@ from reference_server.backend import BackendOutOfMemory, Finished, FinishReason,
 from reference_server.text_stream import TextStream
 
 logger = logging.getLogger(__name__)
+_MIN_TEMPERATURE = 1e-5
 
 EngineEvent = TokenDelta | Finished | BaseException
 Sink = Callable[[EngineEvent], None]
@@ -270,13 +271,16 @@ class BatchingEngine:
         sequence's generator lives.
         """
         tokens: list[int] = logits.argmax(-1).tolist()
-        rows = [i for i, s in enumerate(batch) if s.temperature > 0.0]
+        # Below this, logits / temperature overflows to inf and softmax to NaN: sample greedily
+        # (vLLM's threshold). A fuzzer's temperature of 5e-324 once failed a whole batch.
+        rows = [i for i, s in enumerate(batch) if s.temperature >= _MIN_TEMPERATURE]
         if not rows:
             return tokens
         device = logits.device
         index = torch.tensor(rows, device=device)
         temperature = torch.tensor([batch[i].temperature for i in rows], device=device)
-        probs = torch.softmax(logits.index_select(0, index) / temperature.unsqueeze(1), dim=-1)
+        scaled = logits.index_select(0, index).float() / temperature.unsqueeze(1)
+        probs = torch.softmax(scaled, dim=-1)
         top_p = [batch[i].top_p for i in rows]
         if min(top_p) < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)

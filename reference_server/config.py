@@ -1,9 +1,9 @@
 """Server settings and where they come from: flag > environment `CAPPLAN_*` > `--config` file >
 default.
 
-The config file is what `capplan estimate --emit json|env` writes: a JSON object, or
-`CAPPLAN_KEY=value` lines. Keys are the field names below (lower case; environment variables
-are `CAPPLAN_` + upper case).
+The config file is what `capplan estimate --emit json|env|gunicorn` writes: a JSON object,
+`CAPPLAN_KEY=value` lines, or a gunicorn.conf.py (its `raw_env`, `workers`, `threads`). Keys
+are the field names below (lower case; environment variables are `CAPPLAN_` + upper case).
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a JSON object or `CAPPLAN_KEY=value` lines; unknown keys are ignored
-    (`capplan estimate --emit json` adds `source` and may add more)."""
+    """Settings from a JSON object, `CAPPLAN_KEY=value` lines or a gunicorn.conf.py (`.py`);
+    unknown keys are ignored (`capplan estimate --emit json` adds `source` and may add more)."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -115,7 +115,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ) from None
     names = set(setting_names())
     raw: dict[str, Any] = {}
-    if text.lstrip().startswith("{"):
+    if p.suffix == ".py":
+        raw = _read_gunicorn_conf(text, p)
+    elif text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -138,6 +140,46 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 key = key[len(ENV_PREFIX) :]
             raw[key.lower()] = _unquote(value.strip())
     return {k: _coerce(k, v, f"config file {p}") for k, v in raw.items() if k in names}
+
+
+# gunicorn.conf.py names -> settings, for the few that are not in its `raw_env`.
+_GUNICORN_NAMES = {
+    "workers": "workers", "threads": "threads", "graceful_timeout": "drain_timeout_s",
+}  # fmt: skip
+
+
+def _read_gunicorn_conf(text: str, path: Path) -> dict[str, Any]:
+    """Settings from the gunicorn.conf.py `capplan estimate --emit gunicorn` writes: its literal
+    assignments and `raw_env` lines, read with `ast` (the file is never executed)."""
+    import ast
+
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as exc:
+        raise InputError(
+            f"config file {path} is not valid Python: {exc.msg} (line {exc.lineno})"
+        ) from None
+    raw: dict[str, Any] = {}
+    env_lines: list[str] = []
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+            continue
+        target = node.targets[0]
+        if not isinstance(target, ast.Name):
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            continue  # computed values (e.g. multiprocessing.cpu_count()) are gunicorn's own
+        if target.id == "raw_env" and isinstance(value, (list, tuple)):
+            env_lines.extend(str(item) for item in value)
+        elif target.id in _GUNICORN_NAMES:
+            raw[_GUNICORN_NAMES[target.id]] = value
+    for line in env_lines:
+        key, sep, value = line.partition("=")
+        if sep and key.upper().startswith(ENV_PREFIX):
+            raw[key[len(ENV_PREFIX) :].lower()] = _unquote(value.strip())
+    return raw
 
 
 def _unquote(value: str) -> str:
@@ -208,9 +250,10 @@ def validate(config: ServerConfig) -> None:
     if not 0 < config.port < 65536 and config.port != 0:
         raise InputError(f"port must be in 0..65535, got {config.port}")
     if config.rate_limit:
-        from reference_server.rate_limit import parse_rate_limit
+        from reference_server.rate_limit import check_storage, parse_rate_limit
 
         parse_rate_limit(config.rate_limit)
+        check_storage(config.rate_limit_storage)
 
 
 def replace(config: ServerConfig, **changes: Any) -> ServerConfig:
@@ -247,12 +290,29 @@ def limits_in_force(config: ServerConfig) -> list[LimitInForce]:
         out.append(LimitInForce(name, getattr(config, name), scope, source))
 
     for name in _PER_WORKER:
-        add(name, "per worker" if multi else "server")
+        scope = "server"
+        if multi and name in ("max_concurrent", "queue_size"):
+            total = config.workers * getattr(config, name)
+            scope = f"per worker ({config.workers} workers: {total} in all)"
+        elif multi:
+            scope = "per worker"
+        add(name, scope)
     for name in _PER_REQUEST:
         add(name, "per request")
     if config.rate_limit:
-        shared = shared_storage(config.rate_limit_storage)
-        add("rate_limit", "shared" if shared or not multi else "per worker (memory:// storage)")
-    add("vram_guard", "per device (every worker sees the same GPU)" if multi else "server")
+        if not multi:
+            scope = "per client"
+        elif shared_storage(config.rate_limit_storage):
+            scope = f"per client, shared by all workers ({config.rate_limit_storage})"
+        else:
+            scope = f"per client, per worker (memory://: up to {config.workers}x in all)"
+        add("rate_limit", scope)
+    if config.backend == "emulated":
+        guard_scope = "not applied (emulated: no GPU)"
+    elif config.device == "cpu":
+        guard_scope = "not applied (cpu)"
+    else:
+        guard_scope = "on cuda only" + (" (every worker sees the same GPU)" if multi else "")
+    add("vram_guard", guard_scope)
     add("drain_timeout_s", "server")
     return out

@@ -48,21 +48,27 @@ class EmulatedTiming:
     prefill_ms_per_token: float = 0.0
     decode_step_base_ms: float = 0.0
     decode_step_ms_per_kv_token: float = 0.0
+    decode_compute_ms_per_sequence: float = 0.0  # matmul floor each running sequence adds
     kv_bytes_per_token: int = 0
     kv_budget_bytes: int | None = None  # None: no KV limit (no emulated OOM)
     max_context: int = DEFAULT_MAX_CONTEXT
     source: str = "overrides"
 
-    def first_token_ms(self, prompt_tokens: int, batch_kv_tokens: int) -> float:
+    def first_token_ms(self, prompt_tokens: int, batch_kv_tokens: int, batch: int = 1) -> float:
         if self.ttft_ms is not None:
             return self.ttft_ms
         # Prefill is never faster than one read of the weights (ServiceTiming.prefill_ms).
-        return max(self.prefill_ms_per_token * prompt_tokens, self.decode_step_ms(batch_kv_tokens))
+        return max(
+            self.prefill_ms_per_token * prompt_tokens, self.decode_step_ms(batch_kv_tokens, batch)
+        )
 
-    def decode_step_ms(self, batch_kv_tokens: int) -> float:
+    def decode_step_ms(self, batch_kv_tokens: int, batch: int = 1) -> float:
+        """One decode step (ServiceTiming.decode_step_ms): memory-bound on the weights and the
+        batch's KV, never faster than the batch's matmuls (compute-bound at large batch)."""
         if self.tpot_ms is not None:
             return self.tpot_ms
-        return self.decode_step_base_ms + self.decode_step_ms_per_kv_token * batch_kv_tokens
+        memory = self.decode_step_base_ms + self.decode_step_ms_per_kv_token * batch_kv_tokens
+        return max(memory, batch * self.decode_compute_ms_per_sequence)
 
 
 def timing_from_catalog(
@@ -74,18 +80,29 @@ def timing_from_catalog(
     ttft_ms: float | None = None,
     tpot_ms: float | None = None,
 ) -> EmulatedTiming:
-    """Roofline timing of `gpu` + `model` from the estimator, with optional exact overrides."""
+    """Roofline timing of `gpu` + `model` from the estimator, with optional exact overrides.
+
+    The KV budget is the card's own limit: the estimator's hf budget with its safety margin given
+    back, so the emulated out-of-memory comes where `capplan estimate` puts the absolute ceiling
+    ("with no margin"), not at its recommended concurrency."""
+    from capplan.estimate.gpu_spec import resolve_gpu
+    from capplan.estimate.memory_hf import ALLOCATOR_RESERVE_FRACTION, SAFETY_MARGIN_FRACTION
     from capplan.estimate.service_timing import service_timing
 
     st = service_timing(gpu, model, quant=quant, kv_dtype=kv_dtype)
+    # hf_budget: kv = (total - weights - context - margin) / (1 + reserve) - activations.
+    margin = (
+        resolve_gpu(gpu).total_bytes * SAFETY_MARGIN_FRACTION / (1 + ALLOCATOR_RESERVE_FRACTION)
+    )
     return EmulatedTiming(
         ttft_ms=ttft_ms,
         tpot_ms=tpot_ms,
         prefill_ms_per_token=st.prefill_ms_per_token,
         decode_step_base_ms=st.decode_step_base_ms,
         decode_step_ms_per_kv_token=st.decode_step_ms_per_kv_token,
+        decode_compute_ms_per_sequence=st.decode_compute_ms_per_sequence,
         kv_bytes_per_token=int(st.kv_bytes_per_token),
-        kv_budget_bytes=int(st.kv_budget_bytes),
+        kv_budget_bytes=int(st.kv_budget_bytes + margin) if st.kv_budget_bytes > 0 else 0,
         max_context=int(st.max_context),
         source=f"roofline:{gpu}/{model}",
     )
@@ -119,6 +136,8 @@ class EmulatedBackend:
                 "ttft_ms": self.timing.ttft_ms,
                 "tpot_ms": self.timing.tpot_ms,
                 "tokens_per_chunk": self.tokens_per_chunk,
+                "kv_budget_bytes": self.timing.kv_budget_bytes,
+                "kv_tokens_fitting": kv_tokens_fitting(self.timing),
             },
         )
         self._kv_tokens: dict[int, int] = {}  # live generation -> KV tokens it holds
@@ -197,9 +216,8 @@ class EmulatedBackend:
             if self._release is not None and not self._release.is_set():
                 await self._release.wait()
             start = loop.time()
-            deadline = (
-                start + self.timing.first_token_ms(prompt_tokens, self._batch_kv_tokens()) / 1000.0
-            )
+            batch_kv, batch = self._batch_kv_tokens(), len(self._kv_tokens)
+            deadline = start + self.timing.first_token_ms(prompt_tokens, batch_kv, batch) / 1000.0
             emitted = 0
             pending: list[str] = []
             text = ""  # all generated text, kept only when stop sequences need it
@@ -220,7 +238,8 @@ class EmulatedBackend:
                         yield Finished("stop", prompt_tokens, emitted)
                         return
                 self._kv_tokens[gen_id] = prompt_tokens + emitted
-                deadline += self.timing.decode_step_ms(self._batch_kv_tokens()) / 1000.0
+                step_ms = self.timing.decode_step_ms(self._batch_kv_tokens(), len(self._kv_tokens))
+                deadline += step_ms / 1000.0
                 # Chunks are always `tokens_per_chunk` tokens (the last may be shorter), even when
                 # a late loop sends them back to back: tests count chunks.
                 if emitted == max_tokens or len(pending) >= self.tokens_per_chunk:

@@ -128,14 +128,21 @@ class GenerationRun:
         self._gate.release(held_s=now - self.admitted)
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
         m, name = self._metrics, self._metrics.model_name
+        generated = self.completion_tokens
         if outcome == "ok" and self.finished is not None:
+            # Finished counts tokens whose text a stop string held back and never sent.
+            generated = max(generated, self.finished.completion_tokens)
             m.e2e.labels(name).observe(now - self.arrival)
+            m.inference_time.labels(name).observe(now - self.admitted)
+            if self.first_token_at is not None and generated > 1:
+                tpot = (now - self.first_token_at) / (generated - 1)
+                m.tpot.labels(name).observe(tpot)
             m.success.labels(name, self.finished.finish_reason).inc()
             m.request_prompt_tokens.labels(name).observe(self.finished.prompt_tokens)
             m.request_generation_tokens.labels(name).observe(self.finished.completion_tokens)
         elif outcome != "ok":
             m.reject(outcome)
-        m.generation_tokens.labels(name).inc(self.completion_tokens)
+        m.generation_tokens.labels(name).inc(generated)
         aclose = getattr(self._events, "aclose", None)
         if aclose is not None:
             # Shielded: we may be running inside a cancelled scope (the client went away).

@@ -59,7 +59,14 @@ def build_backend(config: ServerConfig) -> Any:
 
 
 def build_app(config: ServerConfig) -> Any:
+    """The app of a server process (uvicorn or a gunicorn worker)."""
+    from prometheus_client import disable_created_metrics
+
     from reference_server.app import create_app
+
+    # Process-wide, so only here and never in create_app (tests build many apps in one process):
+    # the `_created` series double /metrics and no dashboard reads them.
+    disable_created_metrics()
 
     return create_app(config, build_backend(config))
 

@@ -23,6 +23,11 @@ _LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
     160.0, 640.0,
 )  # fmt: skip
+# vLLM's time_per_output_token_seconds buckets.
+_TPOT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
 _TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
@@ -51,6 +56,16 @@ class ServerMetrics:
         self.e2e = Histogram(
             "capplan:e2e_request_latency_seconds", "Time from arrival to the last token.",
             labels, registry=r, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.tpot = Histogram(
+            "capplan:time_per_output_token_seconds",
+            "Mean time per output token after the first, per finished request.", labels,
+            registry=r, buckets=_TPOT_BUCKETS,
+        )  # fmt: skip
+        self.inference_time = Histogram(
+            "capplan:request_inference_time_seconds",
+            "Time from admission (a slot) to the last token.", labels,
+            registry=r, buckets=_LATENCY_BUCKETS,
         )  # fmt: skip
         self.queue_time = Histogram(
             "capplan:request_queue_time_seconds", "Time spent waiting for a slot.",
@@ -95,6 +110,10 @@ class ServerMetrics:
         self.rejections.labels(self.model_name, reason).inc()
 
     def set_memory(self, stats: dict[str, Any]) -> None:
+        # On cpu the backend reports the process's RSS: that is no GPU memory, so the GPU gauges
+        # stay empty rather than look like a card filling up (/stats still shows the RSS).
+        if stats.get("kind") == "process_rss":
+            return
         used, total = stats.get("used_bytes"), stats.get("total_bytes")
         if isinstance(used, (int, float)):
             self.gpu_memory_used.labels(self.model_name).set(used)

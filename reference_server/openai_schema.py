@@ -1,7 +1,9 @@
 """OpenAI-compatible request bodies: the project's only pydantic, at the HTTP boundary.
 
-Unknown fields are accepted and ignored (clients send many: `n`, `logprobs`, `user`, ...), so
-any OpenAI client works; wrong types and values out of range are refused with the field named.
+Unknown fields are accepted and ignored (clients send many: `user`, `tools`, `presence_penalty`,
+...), so any OpenAI client works; wrong types and values out of range are refused with the field
+named. Fields whose answer this server cannot give (`n` > 1, `logprobs`, `echo`) are refused with
+a 422 rather than silently answered without them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,25 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, description="only 1: send n requests for n answers")
+    # Accepted so clients that send the defaults work; refused when they ask for what this server
+    # cannot give, rather than answered without it (a silent `logprobs: null` breaks evaluators).
+    logprobs: bool | int | None = Field(default=None, description="not supported: false/0/null")
+    top_logprobs: int | None = Field(default=None, description="not supported: 0/null")
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported; send n requests for n answers")
+        return value
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("log probabilities are not supported by this server; omit the field")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -54,6 +74,14 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(description="text prompt (a one-element list is accepted)")
+    echo: bool = Field(default=False, description="not supported: false only")
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported by this server; omit the field")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -94,9 +122,22 @@ class ChatCompletionRequest(_Sampling):
 
 def first_error(exc: ValidationError) -> tuple[str, str]:
     """(field path, message) of the first validation error, for a 422 that names the field."""
-    err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err.get("loc", ()) if not str(part).startswith("function"))
-    return loc or "body", str(err.get("msg", "invalid value"))
+    # A union field reports one error per member; the deepest names the real problem
+    # (`messages.0.content.1.type`, not `messages.0.content.str`).
+    errors = exc.errors()
+    err = max(errors, key=lambda e: len(e.get("loc", ())))
+    loc = ".".join(str(part) for part in err.get("loc", ()) if not _is_union_tag(part))
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return loc or "body", message
+
+
+_UNION_TAGS = frozenset({"str", "int", "bool", "float", "none"})
+
+
+def _is_union_tag(part: int | str) -> bool:
+    """pydantic's name for a union member or validator in an error location."""
+    text = str(part)
+    return isinstance(part, str) and (text in _UNION_TAGS or "[" in text)
 
 
 def error_body(

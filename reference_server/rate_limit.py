@@ -31,6 +31,19 @@ def parse_rate_limit(spec: str) -> list[Any]:
     return list(items)
 
 
+def check_storage(uri: str) -> None:
+    """Refuse, at start, a storage URI that `limits` cannot use (unknown scheme, driver missing).
+    Building the storage does not connect, so an unreachable server is found on first use."""
+    from limits.storage import storage_from_string
+
+    try:
+        storage_from_string(_async_uri(uri))
+    except Exception as exc:  # limits raises ConfigurationError and driver errors
+        raise InputError(
+            f"rate limit storage {uri!r} unusable: {exc}; use memory:// or redis://host:port"
+        ) from None
+
+
 def _async_uri(uri: str) -> str:
     return uri if uri.startswith("async+") else f"async+{uri}"
 
@@ -63,13 +76,8 @@ class RateLimiter:
             from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
             from limits.storage import storage_from_string
 
-            try:
-                storage = storage_from_string(_async_uri(self.storage_uri))
-            except Exception as exc:  # limits raises ConfigurationError and driver errors
-                raise InputError(
-                    f"rate limit storage {self.storage_uri!r} unusable: {exc}; "
-                    "use memory:// or redis://host:port"
-                ) from None
+            check_storage(self.storage_uri)
+            storage = storage_from_string(_async_uri(self.storage_uri))
             if isinstance(storage, MovingWindowSupport):
                 self._limiter = MovingWindowRateLimiter(storage)
             else:

@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ from reference_server.admission import AdmissionGate, OpenGate, Rejected
 from reference_server.backend import Backend, GenerationRequest
 from reference_server.config import ServerConfig
 from reference_server.generation import ApiError, GenerationRun
-from reference_server.metrics import ServerMetrics
+from reference_server.metrics import ServerMetrics, multiprocess_dir
 from reference_server.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -71,6 +72,7 @@ class ServerState:
         self.draining = False
         self.start_error: str | None = None
         self.outcomes: dict[str, int] = {}
+        self.rate_limit_storage_errors = 0  # requests let through while the store was down
 
     @property
     def max_context(self) -> int:
@@ -126,6 +128,7 @@ class ServerState:
                 "details": info.details,
             },
             "emulated": info.emulated,
+            "process": self._process(),
             "ready": self.ready,
             "draining": self.draining,
             "running": self.gate.running,
@@ -145,9 +148,22 @@ class ServerState:
                 "api_key_required": c.api_key is not None,
             },
             "counters": dict(self.outcomes),
+            "rate_limit_storage_errors": self.rate_limit_storage_errors,
             "retry_after_s": self.gate.retry_after_s(),
             "memory": memory,
         }
+
+    def _process(self) -> dict[str, Any]:
+        """Which process answered: under gunicorn every figure in /stats is this worker's."""
+        c = self.config
+        # `gunicorn -c FILE` (from `capplan estimate --emit gunicorn`) sets CAPPLAN_WORKERS only.
+        workers = c.workers if c.server == "gunicorn" or c.workers > 1 else 1
+        scope = "the server"
+        if workers > 1:
+            scope = "this worker only; /metrics " + (
+                "sums all workers" if multiprocess_dir() else "too (PROMETHEUS_MULTIPROC_DIR unset)"
+            )
+        return {"pid": os.getpid(), "server": c.server, "workers": workers, "stats_scope": scope}
 
     # --- the checks, cheapest first --------------------------------------------------------
 
@@ -247,7 +263,14 @@ class ServerState:
         key = client_key(
             request.headers.get("authorization"), request.client.host if request.client else None
         )
-        decision = await self.limiter.hit(key)
+        try:
+            decision = await self.limiter.hit(key)
+        except Exception as exc:
+            # The counters' store (redis) is down: serve without the rate limit rather than
+            # fail every request; the gate and queue still protect the backend.
+            self.rate_limit_storage_errors += 1
+            log.warning("rate limit storage unavailable, request let through: %s", exc)
+            return
         if not decision.allowed:
             raise ApiError(
                 429, f"rate limit {decision.limit} exceeded", reason="rate_limited",

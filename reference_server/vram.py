@@ -1,7 +1,8 @@
 """Accelerator memory: the VRAM admission guard and CUDA out-of-memory recognition.
 
 Both take a torch.cuda-like object (`memory_allocated(device)`,
-`get_device_properties(device).total_memory`, `empty_cache()`) so tests inject a fake one.
+`get_device_properties(device).total_memory`, `empty_cache()`, and when present
+`mem_get_info(device)` and `memory_reserved(device)`) so tests inject a fake one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from reference_server.backend import BackendOutOfMemory
 
 
 class VramGuard:
-    """Refuses new work while allocated memory is above `fraction` of the device's total."""
+    """Refuses new work while memory in use is above `fraction` of the device's total.
+
+    In use = `memory_allocated` (live tensors) + what torch cannot have: the CUDA context,
+    cuBLAS workspaces and other processes (device used - torch's reserved pool, from
+    `mem_get_info`). allocated alone misses the context (400 MiB or more), so on a card that
+    the weights nearly fill, a 0.95 guard would never fire before a real out-of-memory. The
+    allocator's cached free blocks are not counted: torch reuses them, and counting them would
+    refuse every request after the first peak.
+    """
 
     def __init__(self, cuda: Any, fraction: float, device_index: int = 0) -> None:
         self.cuda = cuda
@@ -22,8 +31,16 @@ class VramGuard:
         self.device_index = device_index
 
     def usage(self) -> tuple[int, int]:
-        allocated = int(self.cuda.memory_allocated(self.device_index))
-        total = int(self.cuda.get_device_properties(self.device_index).total_memory)
+        """(bytes in use, device total)."""
+        index = self.device_index
+        allocated = int(self.cuda.memory_allocated(index))
+        total = int(self.cuda.get_device_properties(index).total_memory)
+        mem_get_info = getattr(self.cuda, "mem_get_info", None)
+        memory_reserved = getattr(self.cuda, "memory_reserved", None)
+        if callable(mem_get_info) and callable(memory_reserved):
+            free, device_total = (int(v) for v in mem_get_info(index))
+            outside_torch = (device_total - free) - int(memory_reserved(index))
+            allocated += max(0, outside_torch)
         return allocated, total
 
     def over(self) -> tuple[bool, float]:

@@ -10,8 +10,8 @@ import typer
 
 _HELP = """Run the OpenAI-compatible reference server with admission control.
 
-Settings: flag > environment CAPPLAN_* > --config FILE (from `capplan estimate --emit json|env`)
-> default. Binds 127.0.0.1 unless --host says otherwise."""
+Settings: flag > environment CAPPLAN_* > --config FILE (from `capplan estimate --emit
+json|env|gunicorn`) > default. Binds 127.0.0.1 unless --host says otherwise."""
 
 
 def serve(
@@ -23,7 +23,9 @@ def serve(
     threads: int | None = typer.Option(None, help="gunicorn threads per worker."),
     host: str | None = typer.Option(None, help="Bind address (default 127.0.0.1)."),
     port: int | None = typer.Option(None, help="Port (default 8000; 0 picks a free one)."),
-    config: Path | None = typer.Option(None, "--config", help="JSON or env file of settings."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Settings file from `capplan estimate --emit json|env|gunicorn`."
+    ),
     api_key: str | None = typer.Option(None, help="Require Authorization: Bearer <key>."),
     max_concurrent: int | None = typer.Option(None, help="Requests generating at once."),
     queue_size: int | None = typer.Option(None, help="Requests waiting for a slot."),
@@ -68,11 +70,20 @@ def serve(
         lines = [
             f"capplan serve: {url}  (backend {settings.backend}, {settings.server}, {procs})",
             f"  OpenAI API: {url}/v1   docs: {url}/docs   metrics: {url}/metrics",
-            "  limits in force:",
         ]
-        for limit in limits_in_force(settings):
-            shown = "none" if limit.value is None else limit.value
-            lines.append(f"    {limit.name:<18} {shown!s:<12} {limit.scope:<30} [{limit.source}]")
+        if settings.server == "gunicorn" and settings.workers > 1:
+            lines.append(
+                "  /metrics sums every worker; /stats and /ready describe only the worker that "
+                "answers (its pid is in /stats)"
+            )
+        lines.append("  limits in force:")
+        limits = limits_in_force(settings)
+        shown = [str("none" if limit.value is None else limit.value) for limit in limits]
+        width = max(12, *(len(value) for value in shown))
+        scope_width = max(len(limit.scope) for limit in limits)
+        for limit, value in zip(limits, shown, strict=True):
+            scope = f"{limit.scope:<{scope_width}}"
+            lines.append(f"    {limit.name:<18} {value:<{width}} {scope} [{limit.source}]")
         if settings.api_key:
             lines.append("  API key required (Authorization: Bearer ...)")
         typer.echo("\n".join(lines))

@@ -44,6 +44,9 @@ BAD_COMPLETIONS: list[tuple[Any, int, str | None]] = [
     ({"prompt": "hi", "seed": "x"}, 422, "seed"),
     ({"prompt": "hi", "seed": 2**64}, 422, "seed"),  # a torch generator would raise on it
     ({"prompt": "hi", "n": 2}, 422, "n"),
+    # Answers this server cannot give are refused, not silently answered without them.
+    ({"prompt": "hi", "logprobs": 3}, 422, "logprobs"),
+    ({"prompt": "hi", "echo": True}, 422, "echo"),
     ({"prompt": "hi", "stream_options": "usage"}, 422, "stream_options"),
     ({"prompt": ""}, 400, "prompt"),  # nothing to continue
     ({"prompt": "word " * 100, "max_tokens": 64}, 400, "max_tokens"),  # over the context
@@ -73,6 +76,14 @@ BAD_CHATS: list[tuple[Any, int, str]] = [
     ({"messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages.0.role"),
     ({"messages": [{"role": "user", "content": 5}]}, 422, "messages.0.content"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}, 422, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 422, "logprobs"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 422, "top_logprobs"),
+    # The deepest error of a union names the real problem, not pydantic's member tags.
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        422,
+        "messages.0.content.0.type",
+    ),
 ]
 
 
@@ -139,6 +150,26 @@ def test_unknown_fields_are_ignored(server: RunningServer) -> None:
     body = {"prompt": "hi", "max_tokens": 2, "logprobs": None, "user": "u1", "echo": False}
     answer = httpx.post(server.url + "/v1/completions", json=body, timeout=10)
     assert answer.status_code == 200
+
+
+def test_fields_real_chat_clients_send_are_accepted(server: RunningServer) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "assistant", "content": None,
+             "tool_calls": [{"id": "c1", "type": "function",
+                             "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            {"role": "user", "content": [{"type": "text", "text": "héllo 🌍"}]},
+        ],
+        "max_tokens": 2, "tools": [tool], "tool_choice": "auto", "parallel_tool_calls": False,
+        "response_format": {"type": "text"}, "presence_penalty": 0.5, "frequency_penalty": 0.1,
+        "logit_bias": {"1": 2}, "logprobs": False, "n": 1, "user": "u1", "ignore_eos": True,
+    }  # fmt: skip
+    answer = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["finish_reason"] == "length"
 
 
 def test_no_bad_body_was_counted_as_a_server_error(server: RunningServer) -> None:

@@ -76,18 +76,35 @@ def test_gunicorn_limits_say_which_are_per_worker_and_which_shared() -> None:
             resolve_config({"server": "gunicorn", "workers": 2, "rate_limit": "5/minute"})
         )
     }
-    assert scopes["max_concurrent"] == "per worker"
-    assert scopes["queue_size"] == "per worker"
-    assert scopes["rate_limit"].startswith("per worker")  # memory:// is per process
+    assert scopes["max_concurrent"] == "per worker (2 workers: 8 in all)"
+    assert scopes["queue_size"] == "per worker (2 workers: 32 in all)"
+    assert scopes["rate_limit"].startswith("per client, per worker")  # memory:// is per process
     assert scopes["request_timeout_s"] == "per request"
     shared = resolve_config(
         {"server": "gunicorn", "workers": 2, "rate_limit": "5/minute",
          "rate_limit_storage": "redis://127.0.0.1:6379"}
     )  # fmt: skip
-    assert {lim.name: lim.scope for lim in limits_in_force(shared)}["rate_limit"] == "shared"
+    assert {lim.name: lim.scope for lim in limits_in_force(shared)}["rate_limit"] == (
+        "per client, shared by all workers (redis://127.0.0.1:6379)"
+    )
 
 
-@pytest.mark.parametrize("fmt", ["json", "env"])
+def test_limits_say_where_the_vram_guard_does_not_apply() -> None:
+    def guard_scope(**flags: object) -> str:
+        limits = limits_in_force(resolve_config(flags))
+        return next(lim.scope for lim in limits if lim.name == "vram_guard")
+
+    assert guard_scope(backend="emulated") == "not applied (emulated: no GPU)"
+    assert guard_scope(device="cpu") == "not applied (cpu)"
+    assert guard_scope() == "on cuda only"
+
+
+def test_unknown_rate_limit_storage_is_refused_at_start() -> None:
+    with pytest.raises(InputError, match="rate limit storage"):
+        resolve_config({"rate_limit": "5/minute", "rate_limit_storage": "carrier-pigeon://x"})
+
+
+@pytest.mark.parametrize("fmt", ["json", "env", "gunicorn"])
 def test_files_written_by_estimate_emit_configure_the_server(tmp_path: Path, fmt: str) -> None:
     from capplan.estimate.result import ServerSettings
     from capplan.estimate.server_settings import write_settings
@@ -98,11 +115,12 @@ def test_files_written_by_estimate_emit_configure_the_server(tmp_path: Path, fmt
         vram_guard=0.9, max_batch=5, batch_wait_ms=4, workers=2, threads=1,
         drain_timeout_s=25,
     )  # fmt: skip
-    path = tmp_path / f"server.{fmt}"
+    path = tmp_path / ("gunicorn.conf.py" if fmt == "gunicorn" else f"server.{fmt}")
     write_settings(settings, fmt, path, "capplan estimate --gpu x --model y")
     config = resolve_config({}, {}, path)
     for key, value in vars(settings).items():
         assert getattr(config, key) == value, key
+        assert config.sources[key] == f"file:{path}", key
 
 
 def test_quoted_environment_values_from_gunicorn_raw_env_are_unquoted() -> None:

@@ -141,3 +141,48 @@ def test_stop_sequence_ends_with_finish_reason_stop(emulated_server: ServerFacto
     assert choice["finish_reason"] == "stop"
     assert choice["text"] == " alpha bravo charlie"  # words follow the seed; stop not included
     assert answer["usage"]["completion_tokens"] == 4
+
+
+def test_decode_turns_compute_bound_past_the_estimators_batch() -> None:
+    timing = timing_from_catalog("rtx3080", "qwen3-8b-int8")
+    per_sequence = timing.decode_compute_ms_per_sequence
+    assert per_sequence > 0
+    # Past base / per-sequence requests a step costs the batch's matmuls, not the weight read.
+    big = 2 * round(timing.decode_step_base_ms / per_sequence)
+    assert timing.decode_step_ms(0, batch=big) == pytest.approx(big * per_sequence)
+    assert timing.decode_step_ms(0, batch=1) == pytest.approx(timing.decode_step_base_ms)
+
+
+@pytest.mark.parametrize(("gpu", "model"), [("rtx3080", "qwen3-8b-int8"), ("h100", "qwen3-8b")])
+def test_emulated_out_of_memory_comes_at_the_estimators_no_margin_ceiling(
+    gpu: str, model: str
+) -> None:
+    from capplan.estimate.estimator import EstimateRequest, estimate
+    from capplan.estimate.gpu_spec import resolve_gpu
+    from capplan.estimate.model_spec import resolve_model
+
+    result = estimate(EstimateRequest(resolve_gpu(gpu), resolve_model(model), 512, 512))
+    ceiling = result.zero_margin_concurrency
+    backend = EmulatedBackend(timing_from_catalog(gpu, model))
+    backend.hold()  # every request keeps its KV reserved
+
+    async def main() -> int:
+        await backend.start()
+        parked: list[asyncio.Future[object]] = []
+        try:
+            while len(parked) <= ceiling + 5:
+                stream = backend.generate(GenerationRequest([1] * 512, 512))
+                task = asyncio.ensure_future(stream.__anext__())
+                await asyncio.sleep(0)  # it reserves its KV, then parks on the hold
+                if task.done() and isinstance(task.exception(), BackendOutOfMemory):
+                    return len(parked)
+                parked.append(task)
+            return len(parked)
+        finally:
+            for task in parked:
+                task.cancel()
+            await asyncio.gather(*parked, return_exceptions=True)
+            backend.release()
+
+    assert asyncio.run(main()) == ceiling
+    assert backend.memory_stats()["kv_tokens_reserved"] == 0

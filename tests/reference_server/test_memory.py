@@ -39,6 +39,36 @@ class FakeCuda:
         self.empty_cache_calls += 1
 
 
+class FakeCudaWithDriverInfo(FakeCuda):
+    """Adds what the driver sees: torch's reserved pool and the device's free memory."""
+
+    def __init__(self, allocated: int, reserved: int, free: int, total: int) -> None:
+        super().__init__(allocated, total)
+        self.reserved = reserved
+        self.free = free
+
+    def memory_reserved(self, device: int = 0) -> int:
+        return self.reserved
+
+    def mem_get_info(self, device: int = 0) -> tuple[int, int]:
+        return self.free, self.total
+
+
+def test_vram_guard_counts_memory_torch_cannot_have(emulated_server: ServerFactory) -> None:
+    # 8 GiB of tensors in a 8.5 GiB pool; 1 GiB free on the card: the other 0.5 GiB is the CUDA
+    # context and workspaces. In use: 8.5 of 10 GiB, over a 0.84 guard (allocated alone: 0.80).
+    cuda = FakeCudaWithDriverInfo(
+        allocated=8 * GIB, reserved=int(8.5 * GIB), free=1 * GIB, total=10 * GIB
+    )
+    server = emulated_server(backend=_cuda_backend(), cuda=cuda, vram_guard=0.84)
+    refused = httpx.post(server.url + "/v1/completions", json=completion(), timeout=10)
+    assert refused.status_code == 503
+    assert "85%" in refused.json()["error"]["message"]
+    # The pool's cached free blocks are reusable, so they do not count against the guard.
+    cuda.allocated, cuda.free = 4 * GIB, 1 * GIB
+    assert httpx.post(server.url + "/v1/completions", json=completion(), timeout=10).is_success
+
+
 def _cuda_backend() -> EmulatedBackend:
     backend = EmulatedBackend(EmulatedTiming(ttft_ms=0, tpot_ms=0))
     backend.info.device = "cuda:0"

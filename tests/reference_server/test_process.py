@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,7 +115,8 @@ def test_gunicorn_with_two_workers_serves() -> None:
             "--rate-limit", "1000/minute")  # fmt: skip
     with _server(*args) as (process, url, printed):
         assert re.search(r"max_concurrent\s+4\s+per worker", printed), printed
-        assert re.search(r"rate_limit\s+1000/minute\s+per worker \(memory://", printed), printed
+        assert re.search(r"rate_limit\s+1000/minute\s+per client, per worker \(memory://", printed)
+        assert "/metrics sums every worker; /stats and /ready describe only the worker" in printed
         assert re.search(r"request_timeout_s\s+\S+\s+per request", printed), printed
         results = asyncio.run(_stream_all(url, 8))
         assert results == [(200, 30, True)] * 8
@@ -126,5 +128,67 @@ def test_gunicorn_with_two_workers_serves() -> None:
         metrics = httpx.get(url + "/metrics", timeout=10).text
         # Multiprocess metrics: every worker's requests counted, whichever worker answers.
         assert re.search(r"capplan:request_success_total\{[^}]*\} 14\.0", metrics), metrics
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _redis() -> Iterator[str]:
+    """A throwaway redis-server on 127.0.0.1; yields its URI."""
+    port = _free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        import socket
+
+        for _ in range(500):
+            with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.01)  # polling for the port to open, not a guessed duration
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server not installed (apt-get install redis-server): the shared rate limit "
+    "across gunicorn workers needs a real redis",
+)
+def test_redis_storage_shares_the_rate_limit_across_two_gunicorn_workers() -> None:
+    pytest.importorskip("coredis", reason="limits[async-redis] (coredis) not installed")
+    with _redis() as storage, _server(
+        "--server", "gunicorn", "--workers", "2", "--ttft-ms", "1", "--tpot-ms", "1",
+        "--rate-limit", "6/minute", "--rate-limit-storage", storage,
+    ) as (process, url, printed):  # fmt: skip
+        assert f"shared by all workers ({storage})" in printed
+        # A new connection per request: gunicorn's workers take turns accepting them.
+        codes = [
+            httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code
+            for _ in range(16)
+        ]
+        assert sorted(codes) == [200] * 6 + [429] * 10, codes
+        # Both workers answered, so a per-worker (memory://) count would have let 12 through.
+        answered_by: dict[int, int] = {}
+        for _ in range(200):
+            stats = httpx.get(url + "/stats").json()
+            answered_by[stats["process"]["pid"]] = sum(stats["counters"].values())
+            if len(answered_by) == 2:
+                break
+        assert len(answered_by) == 2 and all(answered_by.values()), answered_by
+        assert sum(answered_by.values()) == 16
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0

@@ -63,3 +63,21 @@ def test_api_key_is_required_on_the_api_but_not_on_health(
     assert right.status_code == 200
     assert httpx.get(server.url + "/v1/models", timeout=10).status_code == 401
     assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_unreachable_rate_limit_store_lets_requests_through_and_counts_it(
+    emulated_server: ServerFactory,
+) -> None:
+    pytest.importorskip("coredis", reason="limits[async-redis] (coredis) not installed")
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on: connections are refused at once
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}"
+    server = emulated_server(rate_limit="1/minute", rate_limit_storage=dead)
+    codes = [
+        httpx.post(server.url + "/v1/completions", json=completion(), timeout=10).status_code
+        for _ in range(2)
+    ]
+    assert codes == [200, 200]  # the gate still guards the backend; the store's outage is no 500
+    assert server.stats()["rate_limit_storage_errors"] == 2

@@ -92,6 +92,16 @@ def test_temperature_zero_matches_transformers_greedy_generate(shared_backend, r
     assert shared_backend.encode("".join(d.text for d in deltas)) == reference.tolist()
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-9])
+def test_vanishing_temperature_samples_greedily_instead_of_failing(
+    shared_backend, run_request, temperature: float
+) -> None:
+    greedy, _ = run_request(shared_backend, request(shared_backend, temperature=0.0))
+    tiny, finished = run_request(shared_backend, request(shared_backend, temperature=temperature))
+    assert tiny == greedy
+    assert finished.finish_reason == "length"
+
+
 def test_tiny_top_p_keeps_only_the_most_likely_token(shared_backend, run_request) -> None:
     greedy, _ = run_request(shared_backend, request(shared_backend, temperature=0.0))
     nucleus, _ = run_request(shared_backend, request(shared_backend, top_p=1e-6, seed=5))

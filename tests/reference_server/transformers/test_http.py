@@ -189,3 +189,33 @@ def test_dropped_stream_stops_generation_and_frees_slot(server, client: httpx.Cl
     steps = engine.counters.decode_steps
     time.sleep(0.1)
     assert engine.counters.decode_steps == steps  # nothing decodes for the dropped client
+
+
+def test_openai_client_streams_up_to_a_stop_string_split_across_tokens(
+    base_url: str, client: httpx.Client
+) -> None:
+    oa = openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+    request: dict[str, Any] = {
+        "model": "capplan-tiny-qwen3", "prompt": "Split stop:", "max_tokens": 30, "seed": 4,
+    }  # fmt: skip
+    text = oa.completions.create(**request).choices[0].text
+    stop = text[8:11]  # three one-character tokens: the stop spans token boundaries
+    cut = text.index(stop)
+    before = client.get("/metrics").text
+    chunks = list(
+        oa.completions.create(
+            **request, stop=[stop], stream=True, stream_options={"include_usage": True}
+        )
+    )
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed == text[:cut]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    usage = chunks[-1].usage
+    # The stop string's tokens were generated (and count) though their text was never sent.
+    assert usage is not None and usage.completion_tokens == cut + len(stop)
+
+    def generated(metrics: str) -> float:
+        line = next(x for x in metrics.splitlines() if x.startswith("capplan:generation_tokens_"))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert generated(client.get("/metrics").text) - generated(before) == usage.completion_tokens
