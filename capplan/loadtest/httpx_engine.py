@@ -190,6 +190,8 @@ async def send_one(
         record_failure(record, "bad_response", exc)
     except _DeadlineExceeded:
         record_deadline(record, target.timeout_s)
+    except Exception as exc:  # anything else still ends as a counted failure, never a lost run
+        record_failure(record, "client_error", exc)
     record.end = clock.now()
     return record
 

@@ -141,16 +141,19 @@ class _LocustRun:
         self.locust_dir = out / "locust"
         self.reports: list[dict[str, Any]] = []
         self.interrupted = False
+        self.server_before: dict[str, float] | None = None
+        self.server_after: dict[str, float] | None = None
 
     def run(self, *, reports: bool = True) -> RunResult:
         from capplan.loadtest import locust_launch as launch
         from capplan.loadtest.live import LiveStats
-        from capplan.loadtest.runner import save_run_config, start_sampler
+        from capplan.loadtest.runner import save_run_config, scrape_server, start_sampler
 
         started = self.clock.now()
         model_name = self.config.model_name or _discover_model(self.config) or "default"
         jobs = build_jobs(self.config, model_name=model_name)
         save_run_config(self.out, self.config, model_name)
+        self.server_before = scrape_server(self.config.url)
         self.locust_dir.mkdir(parents=True, exist_ok=True)
         sampler = start_sampler(self.clock, self.out, self.config.url)
         live = LiveStats(started, len(jobs))
@@ -165,6 +168,8 @@ class _LocustRun:
             self.interrupted = True
         finally:
             tail.stop()
+            if self.server_before is not None:
+                self.server_after = scrape_server(self.config.url)
             if sampler is not None:
                 sampler.stop()
         return self._finish(model_name, started, reports=reports)
@@ -245,7 +250,7 @@ class _LocustRun:
 
     def _finish(self, model_name: str, started: float, *, reports: bool) -> RunResult:
         from capplan.loadtest.record import read_records
-        from capplan.loadtest.runner import finish_run, run_config
+        from capplan.loadtest.runner import attach_server_view, finish_run, run_config
         from capplan.loadtest.summary import collect_environment, summarize
 
         records = read_records(self.records_path) if self.records_path.is_file() else []
@@ -262,6 +267,7 @@ class _LocustRun:
         summary["started_at"] = started
         summary["ended_at"] = self.clock.now()
         apply_locust_block(summary, locust_block(self.options, self.reports))
+        attach_server_view(summary, self.server_before, self.server_after, records)
         return finish_run(self.out, summary, records, interrupted=self.interrupted, reports=reports)
 
 

@@ -226,6 +226,8 @@ def send_request(
         record_failure(record, "read_error", exc)
     except (ValueError, UnicodeDecodeError) as exc:
         record_failure(record, "bad_response", exc)
+    except Exception as exc:  # anything else still ends as a counted failure, never a lost user
+        record_failure(record, "client_error", exc)
     finally:
         if response is not None:
             response.release()

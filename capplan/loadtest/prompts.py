@@ -108,7 +108,9 @@ class HFTokenizer:
     name: str
 
     def encode(self, text: str) -> list[int]:
-        return list(self.inner.encode(text, add_special_tokens=False))
+        # verbose=False: counting a text longer than the model's context is not an error here
+        # (transformers would warn on stderr, over the live progress line).
+        return list(self.inner.encode(text, add_special_tokens=False, verbose=False))
 
     def decode(self, ids: list[int]) -> str:
         return str(self.inner.decode(ids, skip_special_tokens=True))

@@ -185,6 +185,30 @@ def start_sampler(clock: RunClock, out: Path, target_url: str | None) -> Any:
     return sampler
 
 
+def scrape_server(url: str | None) -> dict[str, float] | None:
+    """The target's /metrics counters now (None without them): the server's view of the run."""
+    if url is None:
+        return None
+    from capplan.loadtest.server_view import scrape
+    from capplan.loadtest.telemetry.target import server_origin
+
+    return scrape(server_origin(url))
+
+
+def attach_server_view(
+    summary: dict[str, Any],
+    before: Mapping[str, float] | None,
+    after: Mapping[str, float] | None,
+    records: list[RequestRecord],
+) -> None:
+    """`server_view` in the summary: the server's own means beside the client's."""
+    from capplan.loadtest.server_view import server_view
+
+    view = server_view(before, after, records)
+    if view is not None:
+        summary["server_view"] = view
+
+
 def finish_run(
     out: Path,
     summary: dict[str, Any],
@@ -226,6 +250,8 @@ class _Run:
         self.model_name = config.model_name
         self.run_id = out.name
         self.started = self.clock.now()
+        self.server_before: dict[str, float] | None = None
+        self.server_after: dict[str, float] | None = None
 
     async def main(self, handle_signals: bool) -> None:
         from capplan.loadtest.httpx_engine import StopFlag
@@ -277,6 +303,7 @@ class _Run:
                     clients.release(client)
                 target = replace(target, model_name=self.model_name)
                 save_run_config(self.out, config, self.model_name)
+                self.server_before = await asyncio.to_thread(scrape_server, config.url)
                 for index, step in enumerate(steps):
                     if stop.is_set:
                         break
@@ -318,6 +345,8 @@ class _Run:
             reporter.cancel()
             await monitor.stop()
             writer.close()
+            if self.server_before is not None:
+                self.server_after = await asyncio.to_thread(scrape_server, config.url)
             await asyncio.to_thread(self._stop_sampler)
 
     async def _report_progress(self, live: LiveStats) -> None:
@@ -352,6 +381,7 @@ class _Run:
         summary["started_at"] = self.started
         summary["ended_at"] = self.clock.now()
         attach_load_model_runs(summary, self.ran)
+        attach_server_view(summary, self.server_before, self.server_after, self.records)
         return finish_run(
             self.out, summary, self.records, interrupted=self.interrupted, reports=reports
         )

@@ -103,7 +103,11 @@ class StreamAccumulator:
         per_chunk = self.chunk_usage_tokens
         if per_chunk and all(n is not None for n in per_chunk):
             record.chunk_tokens = [int(n) for n in per_chunk if n is not None]
-        elif record.output_tokens == len(self.chunk_times):
+        elif record.output_tokens_source != "chunks" and record.output_tokens == len(
+            self.chunk_times
+        ):
+            # An independent count equal to the chunk count: one token per chunk. Counted from
+            # the chunks themselves this would be circular, so per-chunk tokens stay unknown.
             record.chunk_tokens = [1] * len(self.chunk_times)
         if self.error and record.error is None:
             record.error = "stream_error"
@@ -114,6 +118,8 @@ def apply_json_response(
     record: RequestRecord, body: dict[str, Any], count_tokens: TokenCounter | None = None
 ) -> None:
     """Fills token counts from a non-streamed completion body."""
+    if not isinstance(body, dict):
+        raise ValueError(f"response body is a JSON {type(body).__name__}, not an object")
     text = ""
     for choice in body.get("choices") or []:
         if isinstance(choice, dict):
@@ -177,7 +183,18 @@ def new_record(
 def record_failure(record: RequestRecord, kind: str, exc: BaseException) -> None:
     """An exception as the record's error class and detail (docs/metrics.md)."""
     record.error = kind
-    record.error_detail = f"{type(exc).__name__}: {exc}"[:ERROR_BODY_LIMIT]
+    # httpx and the OS often raise with an empty message; the cause then says what happened.
+    message = (
+        str(exc) or str(exc.__cause__ or exc.__context__ or "") or _EMPTY_MESSAGE.get(kind, "")
+    )
+    record.error_detail = f"{type(exc).__name__}: {message}"[:ERROR_BODY_LIMIT]
+
+
+_EMPTY_MESSAGE = {
+    "read_error": "connection closed or reset by the server mid-response",
+    "timeout": "no byte from the server within --timeout",
+    "connect_error": "could not connect",
+}
 
 
 def record_deadline(record: RequestRecord, timeout_s: float) -> None:

@@ -28,6 +28,9 @@ LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 # Open-loop generator lag above this at p99 means the client, not the server, set the pace.
 MAX_GENERATOR_LAG_P99_MS = 10.0
 MIN_MEASURED_REQUESTS = 10
+# The first failure's detail per error class and status: why it failed, without the records.
+MAX_ERROR_EXAMPLES = 8
+ERROR_EXAMPLE_CHARS = 160
 
 
 def summarize(
@@ -122,10 +125,15 @@ def summarize_step(
     ok = [r for r in measured if r.ok]
     by_status: Counter[str] = Counter()
     by_error: Counter[str] = Counter()
+    examples: dict[str, str] = {}
     for r in measured:
         by_status[str(r.status) if r.status is not None else (r.error or "no_response")] += 1
         if not r.ok:
-            by_error[r.error or f"http_{r.status}"] += 1
+            kind = r.error or f"http_{r.status}"
+            by_error[kind] += 1
+            key = f"{kind} {r.status}" if r.status is not None else kind
+            if key not in examples and len(examples) < MAX_ERROR_EXAMPLES:
+                examples[key] = _readable(r.error_detail)
     metrics = [request_metrics(r) for r in ok]
     all_metrics = [request_metrics(r) for r in measured]
     window_s = _window_s(measured)
@@ -141,6 +149,7 @@ def summarize_step(
             "warmup_excluded": len(warmup),
             "by_status": dict(sorted(by_status.items())),
             "by_error": dict(sorted(by_error.items())),
+            "error_examples": dict(sorted(examples.items())),
         },
         "error_rate": _ratio(len(measured) - len(ok), len(measured)),
         "ttft_ms": stats(m.ttft_ms for m in metrics if m.ttft_ms is not None),
@@ -205,8 +214,29 @@ def _validity(
     if len(sources) > 1:
         notes.append(f"output tokens counted from mixed sources: {sources}")
     elif "chunks" in sources:
-        notes.append("output tokens counted as chunks (no usage, no tokenizer): may undercount")
+        notes.append(
+            "output tokens counted as chunks (the server sent no usage): a server sending several "
+            "tokens per chunk is undercounted; give --tokenizer DIR to count the text"
+        )
     return reasons, notes
+
+
+def _readable(detail: str | None) -> str:
+    """An error body as a person reads it: the message of an OpenAI-style JSON error."""
+    text = " ".join((detail or "").split())
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:ERROR_EXAMPLE_CHARS]
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            text = str(error["message"])
+        elif isinstance(error, str):
+            text = error
+        elif body.get("detail"):  # FastAPI's own errors
+            text = str(body["detail"])
+    return text[:ERROR_EXAMPLE_CHARS]
 
 
 def _meets(m: RequestMetrics, slo: Slo) -> bool:

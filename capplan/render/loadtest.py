@@ -89,7 +89,7 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         "req/s",
         "tok/s",
         "goodput",
-        "valid",
+        "figures valid",
     ):
         table.add_column(column, justify="left" if column == "step" else "right")
     for step in summary.get("steps", []):
@@ -128,11 +128,21 @@ def print_result(
     """The end-of-run view: table, statuses, validity, thresholds, where the files are."""
     parts: list[Any] = [summary_table(summary)]
     for step in summary.get("steps", []):
-        statuses = step.get("requests", {}).get("by_status", {})
-        if set(statuses) - {"200"}:
-            parts.append(Text(f"{step.get('step')}: by status {statuses}", style="yellow"))
+        requests = step.get("requests", {})
+        statuses = requests.get("by_status", {})
+        errors = requests.get("by_error", {})
+        if set(statuses) - {"200"} or errors:
+            line = f"{step.get('step')}: by status {statuses}"
+            if errors:  # a 200 can fail too: a dropped stream, a timeout mid-answer
+                line += f"; failed by error class {errors}"
+            parts.append(Text(line, style="yellow"))
+            for kind, detail in requests.get("error_examples", {}).items():
+                parts.append(Text(f"    e.g. {kind}: {detail or '(no detail)'}", style="dim"))
         for note in step.get("notes", []):
             parts.append(Text(f"note ({step.get('step')}): {note}", style="dim"))
+    view = summary.get("server_view")
+    if isinstance(view, Mapping):
+        parts.append(Text(server_view_line(view), style="dim"))
     if summary.get("valid"):
         parts.append(Text("run valid: the client kept up with the load", style="green"))
     else:
@@ -151,6 +161,21 @@ def print_result(
     if report_error:
         parts.append(Text(f"reports not built: {report_error}", style="yellow"))
     console.print(Group(*parts))
+
+
+def server_view_line(view: Mapping[str, Any]) -> str:
+    """The client's means against the server's own /metrics, in one line."""
+    server, client = view.get("server") or {}, view.get("client") or {}
+    parts = []
+    for key, name in (("ttft_mean_ms", "TTFT"), ("e2e_mean_ms", "E2E")):
+        c, s = client.get(key), server.get(key)
+        if isinstance(c, int | float) and isinstance(s, int | float):
+            parts.append(f"{name} mean client {c:.1f} / server {s:.1f} ms ({c - s:+.1f})")
+    tokens_c, tokens_s = client.get("output_tokens"), server.get("output_tokens")
+    if tokens_s is not None:
+        same = "match" if tokens_c == tokens_s else "DIFFER"
+        parts.append(f"output tokens {tokens_c} / {tokens_s} ({same})")
+    return "server's own /metrics: " + ("; ".join(parts) or "no comparable figures")
 
 
 def ceiling_table(result: Any, server: str) -> Group:

@@ -145,3 +145,19 @@ def test_required_summary_fields_are_present() -> None:
 def test_percentile_interpolates_like_numpy() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([1.0, 2.0, 3.0, 4.0], 90) == pytest.approx(3.7)
+
+
+def test_the_first_failure_of_each_kind_is_kept_readable() -> None:
+    refused = _failed(0.1, 503, "http_error")
+    refused.error_detail = json.dumps({"error": {"message": "server busy: 3 running"}})
+    html = _failed(0.2, 502, "http_error")
+    html.error_detail = "<html>\n<h1>502 Bad Gateway</h1>\n</html>"
+    later = _failed(0.3, 503, "http_error")
+    later.error_detail = json.dumps({"error": {"message": "another"}})
+    records = [_ok(0.0, 0.1, [0.01]), refused, html, later, _failed(0.4, None, "timeout")]
+    summary = summarize(records, _config(), environment=ENV)
+    assert summary["requests"]["error_examples"] == {
+        "http_error 502": "<html> <h1>502 Bad Gateway</h1> </html>",
+        "http_error 503": "server busy: 3 running",
+        "timeout": "",
+    }

@@ -104,6 +104,11 @@ def _resummarize(records: list[Any], old: dict[str, Any] | None, run_id: str) ->
         from capplan.loadtest.locust_engine import apply_locust_block
 
         apply_locust_block(summary, old["locust"])
+    view = old.get("server_view")
+    if isinstance(view, dict):
+        from capplan.loadtest.runner import attach_server_view
+
+        attach_server_view(summary, view.get("before"), view.get("after"), records)
     summary["rebuilt"] = REBUILT_NOTE
     return summary
 

@@ -84,6 +84,9 @@ def build_content(
     content.tables.append(_latency_table(steps))
     content.tables.append(_throughput_table(steps, joules))
     content.tables.append(_status_table(summary, steps))
+    server_table = _server_view_table(summary.get("server_view"))
+    if server_table is not None:
+        content.tables.append(server_table)
     telemetry_table = _telemetry_table(telemetry, telemetry_meta, requests, start)
     if telemetry_table is not None:
         content.tables.append(telemetry_table)
@@ -181,7 +184,7 @@ def _throughput_table(
     steps: Sequence[Mapping[str, Any]], joules: Mapping[str, float | None]
 ) -> Table:
     headers = ["step", "ok / total", "failed", "requests/s", "output tokens/s"]
-    headers += ["goodput req/s", "goodput %", "J / output token", "valid"]
+    headers += ["goodput req/s", "goodput %", "J / output token", "figures valid"]
     rows = []
     for s in steps:
         requests = s.get("requests") if isinstance(s.get("requests"), Mapping) else {}
@@ -201,7 +204,11 @@ def _throughput_table(
                 "yes" if s.get("valid", True) else "NO",
             ]
         )
-    note = "Throughput over each step's window. Goodput: requests meeting every SLO set."
+    note = (
+        "Throughput over each step's window. Goodput: requests meeting every SLO set. "
+        "Figures valid: the client kept up and something succeeded (a step of failures can "
+        "be valid: its failures were measured correctly)."
+    )
     if any(v is not None for v in joules.values()):
         note += " Energy: all GPUs over the step's window (NVML), per output token generated."
     else:
@@ -232,7 +239,52 @@ def _status_table(summary: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]
         "HTTP columns count responses by status (a request with no response by its error); "
         "error columns count failed requests by error class. Warmup excluded."
     )
+    examples: dict[str, str] = {}
+    for s in steps:
+        block = s.get("requests", {}).get("error_examples", {})
+        for kind, detail in block.items() if isinstance(block, Mapping) else ():
+            examples.setdefault(str(kind), str(detail))
+    if examples:
+        note += " First failure of each kind: " + "; ".join(
+            f"{kind}: {detail or '(no detail)'}" for kind, detail in examples.items()
+        )
     return Table("Requests by status and error", headers, rows, note)
+
+
+def _server_view_table(view: Any) -> Table | None:
+    """The client's means beside the server's own /metrics for the same run."""
+    if not isinstance(view, Mapping):
+        return None
+    server, client = view.get("server") or {}, view.get("client") or {}
+    gap = view.get("client_minus_server_ms") or {}
+    rows = [
+        ["requests finished ok", fmt(client.get("requests")), fmt(server.get("requests")), "-"],
+        [
+            "TTFT mean (ms)",
+            fmt(client.get("ttft_mean_ms")),
+            fmt(server.get("ttft_mean_ms")),
+            fmt(gap.get("ttft_mean_ms")),
+        ],
+        [
+            "E2E mean (ms)",
+            fmt(client.get("e2e_mean_ms")),
+            fmt(server.get("e2e_mean_ms")),
+            fmt(gap.get("e2e_mean_ms")),
+        ],
+        ["queue time mean (ms)", "-", fmt(server.get("queue_mean_ms")), "-"],
+        ["output tokens", fmt(client.get("output_tokens")), fmt(server.get("output_tokens")), "-"],
+        ["prompt tokens", fmt(client.get("prompt_tokens")), fmt(server.get("prompt_tokens")), "-"],
+    ]
+    note = (
+        "The whole run, warmup included: the client's records beside the increase of the "
+        "server's own /metrics histograms and counters over the run. The difference is what "
+        "the network, HTTP and the client add."
+    )
+    notes = [str(n) for n in view.get("notes") or []]
+    if notes:
+        note += " " + " ".join(n[0].upper() + n[1:] + "." for n in notes)
+    headers = ["figure", "client (records)", "server (/metrics)", "client - server"]
+    return Table("Client against the server's own metrics", headers, rows, note)
 
 
 def _telemetry_table(

@@ -27,7 +27,7 @@ td.no{color:#a4161a;font-weight:600}.scroll{overflow-x:auto}
 figure{margin:12px 0 24px}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:12.5px;margin-top:4px}
 pre{background:#f6f8fa;padding:12px;overflow:auto;font-size:12px;border-radius:4px}
-ul.notes li{color:#8a5a00}
+ul.notes li{color:#8a5a00}ul.reasons{margin:0 0 12px}ul.reasons li{color:#a4161a}
 """
 
 
@@ -64,8 +64,10 @@ def render_html(content: ReportContent) -> str:
     if content.valid:
         parts.append('<div class="verdict valid">valid run</div>')
     else:
-        reasons = "; ".join(content.reasons) or "see summary.json"
-        parts.append(f'<div class="verdict invalid">INVALID run: {escape(reasons)}</div>')
+        parts.append('<div class="verdict invalid">INVALID run</div>')
+        reasons = content.reasons or ["see summary.json"]
+        items = "".join(f"<li>{escape(r)}</li>" for r in reasons)
+        parts.append(f'<ul class="reasons">{items}</ul>')
     facts = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in content.facts)
     parts.append(f'<dl class="facts">{facts}</dl>')
     if content.notes:

@@ -35,7 +35,8 @@ def render_markdown(content: ReportContent, plot_paths: dict[str, str]) -> str:
     if content.valid:
         lines.append("**Valid run.**")
     else:
-        lines.append("**INVALID run:** " + "; ".join(content.reasons or ["see summary.json"]))
+        lines += ["**INVALID run:**", ""]
+        lines += [f"- {reason}" for reason in content.reasons or ["see summary.json"]]
     lines.append("")
     for key, value in content.facts:
         lines.append(f"- **{key}:** {value}")

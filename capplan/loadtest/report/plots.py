@@ -90,16 +90,23 @@ def ladder_figure(steps: Sequence[Mapping[str, Any]]) -> bytes | None:
     tokens = [_get(s, "throughput", "output_tokens_per_s") for s in steps]
     goodput = [_get(s, "goodput", "requests_per_s") for s in steps]
     requests = [_get(s, "throughput", "requests_per_s") for s in steps]
-    ax.plot(x, tokens, marker="o", color=COLORS[2], label="output tokens/s")
+    ax.plot(x, tokens, marker="o", color=COLORS[2], linewidth=2, label="output tokens/s (left)")
     ax.set_title("Throughput", loc="left", fontsize=11)
     ax.set_ylabel("output tokens/s")
     twin = ax.twinx()
-    twin.plot(x, requests, marker="s", linestyle="--", color=COLORS[4], label="requests/s")
+    twin.plot(
+        x, requests, marker="s", markerfacecolor="white", linestyle="--", color=COLORS[4],
+        label="requests/s (right)",
+    )  # fmt: skip
     if any(g is not None for g in goodput) and goodput != requests:
-        twin.plot(x, goodput, marker="^", linestyle=":", color=COLORS[3], label="goodput req/s")
+        twin.plot(
+            x, goodput, marker="^", linestyle=":", color=COLORS[3], label="goodput req/s (right)"
+        )
     twin.set_ylabel("requests/s")
-    twin.set_ylim(0, max([v for v in requests + goodput if v is not None] or [1.0]) * 1.25)
-    ax.set_ylim(0, max([v for v in tokens if v is not None] or [1.0]) * 1.25)
+    # With equal answer lengths the two curves are proportional: on axes scaled alike they would
+    # lie exactly on top of each other. Tokens/s fills the panel, requests/s its lower part.
+    twin.set_ylim(0, max([v for v in requests + goodput if v is not None] or [1.0]) * 1.9)
+    ax.set_ylim(0, max([v for v in tokens if v is not None] or [1.0]) * 1.15)
     twin.spines["top"].set_visible(False)
     lines = ax.get_lines() + twin.get_lines()
     labels_ = [str(line.get_label()) for line in lines]

@@ -31,7 +31,11 @@ def timeline_figure(
     if requests.empty and telemetry.empty:
         return None
     gpus = _gpu_indexes(telemetry)
-    has_memory = _has(telemetry, "gpu_mem_used_mib") or _has(telemetry, "metrics_kv_cache_usage")
+    has_memory = (
+        _has(telemetry, "gpu_mem_used_mib")
+        or _has(telemetry, "metrics_kv_cache_usage")
+        or _process_memory(telemetry)
+    )
     has_busy = _has(telemetry, "gpu_util_pct") or _has(telemetry, "host_cpu_pct")
     n_panels = 2 + int(has_memory) + int(has_busy)
     fig = new_figure(11, 2.3 * n_panels + 0.4)
@@ -68,7 +72,9 @@ def _load_panel(
     times, counts = in_flight(requests)
     if times:
         mean = _time_weighted_mean(np.array(times) - start, np.array(counts, dtype=float), edges)
-        ax.stairs(mean, edges, color=COLORS[0], label=f"in flight (mean per {width:g} s)")
+        ax.stairs(
+            mean, edges, color=COLORS[0], label=f"in flight, client records\n(mean per {width:g} s)"
+        )
     target = _target_readings(telemetry)
     if not target.empty:
         target_x = (target["target_t"] - start).to_numpy(dtype=float)
@@ -82,7 +88,12 @@ def _load_panel(
             if column.startswith("stats_") and _has(target, twin):
                 continue  # the same count twice, from two endpoints
             if _has(target, column):
-                ax.plot(target_x, target[column], color=color, linewidth=1.2, label=label)
+                # A poll holds until the next one: steps with a dot per reading, not a slope
+                # that invents values between polls.
+                ax.plot(
+                    target_x, target[column], color=color, linewidth=1.2, label=label,
+                    drawstyle="steps-post", marker=".", markersize=3,
+                )  # fmt: skip
     ax.set_ylabel("requests")
     ax.set_title("Load: requests in flight (client) and at the server", loc="left", fontsize=11)
     ax.set_ylim(bottom=0)
@@ -124,7 +135,16 @@ def _memory_panel(
         if _has(telemetry, "gpu_mem_used_mib"):
             ax.plot(x, telemetry["gpu_mem_used_mib"] / 1024, color=COLORS[4], label="used")
         total, total_label = "gpu_mem_total_mib", "total"
-    if _has(telemetry, total):
+    if not _has(telemetry, "gpu_mem_used_mib") and _process_memory(telemetry):
+        # A CPU backend: its /stats reports the server process' resident memory, which is
+        # worth seeing against the load, but is not GPU memory and is not drawn as such.
+        target = _target_readings(telemetry)
+        ax.plot(
+            target["target_t"] - start, target["stats_gpu_memory_used_mib"] / 1024,
+            color=COLORS[5], label="server process RSS (/stats)",
+        )  # fmt: skip
+        total = ""
+    if total and _has(telemetry, total):
         ax.plot(
             x, telemetry[total] / 1024, color="#555", linestyle="--", linewidth=1,
             label=total_label,
@@ -132,6 +152,8 @@ def _memory_panel(
     ax.set_ylabel("GiB")
     ax.set_ylim(bottom=0)
     title = f"GPU memory ({label})" if label else "GPU memory: not reported"
+    if not total:
+        title = "Server memory: process RSS from the target's /stats (a CPU backend, no GPU)"
     if _has(telemetry, "metrics_kv_cache_usage"):
         twin = _twin(ax, "KV cache %")
         target = _target_readings(telemetry)
@@ -157,16 +179,16 @@ def _busy_panel(ax: Axes, telemetry: pd.DataFrame, x: np.ndarray, gpus: list[int
                 )  # fmt: skip
         title = "GPU utilisation (NVML)"
     elif _has(telemetry, "gpu_util_pct"):
-        ax.plot(x, telemetry["gpu_util_pct"], color=COLORS[1], label="GPU utilisation")
+        ax.plot(x, telemetry["gpu_util_pct"], color=COLORS[1], label="GPU utilisation (NVML)")
         title = "GPU utilisation (NVML)"
     else:
         title = "Host CPU (no GPU readings: NVML unavailable)"
     if _has(telemetry, "host_cpu_pct"):
-        ax.plot(x, telemetry["host_cpu_pct"], color="#999", linewidth=1, label="host CPU")
+        ax.plot(x, telemetry["host_cpu_pct"], color="#999", linewidth=1, label="host CPU (psutil)")
     if _has(telemetry, "client_cpu_pct"):
         ax.plot(
             x, telemetry["client_cpu_pct"], color="#555", linewidth=1, linestyle=":",
-            label="load generator CPU\n(% of one core)",
+            label="load generator CPU\n(psutil, % of one core)",
         )  # fmt: skip
     ax.set_ylabel("%")
     ax.set_ylim(bottom=0)
@@ -181,6 +203,13 @@ def _busy_panel(ax: Axes, telemetry: pd.DataFrame, x: np.ndarray, gpus: list[int
     else:
         _legend(ax)
     ax.set_title(title, loc="left", fontsize=11)
+
+
+def _process_memory(telemetry: pd.DataFrame) -> bool:
+    """Whether the target's /stats reported process RSS (a CPU backend), not GPU memory."""
+    if not _has(telemetry, "stats_memory_kind") or not _has(telemetry, "stats_gpu_memory_used_mib"):
+        return False
+    return bool((telemetry["stats_memory_kind"] == "process_rss").any())
 
 
 def _has(frame: pd.DataFrame, column: str) -> bool:
@@ -235,13 +264,14 @@ def _shade_steps(
         for ax in axes:
             if i % 2:
                 ax.axvspan(lo, hi, color="#f2f2f2", zorder=0)
+        # Alternate two rows: labels of short neighbouring steps would print over each other.
         axes[0].annotate(
-            step, ((lo + hi) / 2, 0.97), xycoords=("data", "axes fraction"), ha="center",
-            va="top", fontsize=7.5, color="#444",
+            step, ((lo + hi) / 2, 0.97 if i % 2 == 0 else 0.84), xycoords=("data", "axes fraction"),
+            ha="center", va="top", fontsize=7.5, color="#444",
             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8},
         )  # fmt: skip
     top = axes[0].get_ylim()[1]
-    axes[0].set_ylim(0, top * 1.25)  # headroom for the step labels
+    axes[0].set_ylim(0, top * 1.45)  # headroom for the step labels
 
 
 def _time_weighted_mean(times: np.ndarray, levels: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -193,3 +193,26 @@ def test_two_gpus_are_named_and_summed_in_the_telemetry_table(make_run: MakeRun)
     assert "of 20.00 GiB" in peak
     assert "| gpu1 power mean / max |" in markdown
     assert "| KV cache usage mean / max (/metrics) |" in markdown
+
+
+def test_the_servers_own_view_is_reported_and_survives_a_resummarize(
+    make_run: MakeRun,
+) -> None:
+    from capplan.loadtest.runner import attach_server_view
+
+    run_dir, records = make_run(concurrencies=(1, 4), per_step=10, telemetry=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ok = [r for r in records if r.ok]
+    tokens = float(sum(r.output_tokens for r in ok))
+    before = {"ttft_sum": 5.0, "ttft_count": 100.0, "e2e_sum": 50.0, "e2e_count": 100.0}
+    after = {"ttft_sum": 5.0 + 0.01 * len(ok), "ttft_count": 100.0 + len(ok)}
+    after.update(e2e_sum=50.0 + 0.1 * len(ok), e2e_count=100.0 + len(ok), output_tokens=tokens)
+    attach_server_view(summary, before, after, records)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    build_reports(run_dir, resummarize=True)
+    rebuilt = json.loads((run_dir / "summary.json").read_text())
+    assert rebuilt["server_view"]["server"]["ttft_mean_ms"] == pytest.approx(10.0)
+    assert rebuilt["server_view"]["server"]["requests"] == len(ok)
+    html = (run_dir / "report.html").read_text()
+    assert "Client against the server&#x27;s own metrics" in html
+    assert "server (/metrics)" in (run_dir / "report.md").read_text()
