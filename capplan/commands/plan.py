@@ -112,7 +112,29 @@ def _profile_from_sweep(sweep_dir: Path, concurrency: int | None) -> Any:
     if safe is None:
         raise InputError("the sweep found no safe concurrency; lower --start or relax the SLOs")
     point = next(p for p in data["points"] if p["load"] == safe)
-    return _profile_from_run(Path(point["run_dirs"][0]), concurrency or int(safe))
+    # Run directories are recorded as the sweep was given them; from another working directory
+    # they are found beside sweep.json.
+    runs = [Path(d) if Path(d).is_dir() else path.parent / Path(d).name for d in point["run_dirs"]]
+    if len(runs) == 1 or concurrency is not None:
+        return _profile_from_run(runs[0], concurrency or int(safe))
+    return _profile_from_repeats(runs, point["figures"], int(safe), sweep_dir)
+
+
+def _profile_from_repeats(
+    runs: list[Path], figures: dict[str, float], slots: int, sweep_dir: Path
+) -> Any:
+    """A point measured several times: the sweep's median figures, every repeat's requests."""
+    from capplan.errors import InputError
+    from capplan.regression.plan import ServiceProfile, service_cv2
+    from capplan.regression.runs import load_run
+    from capplan.regression.stats import per_request_values
+
+    e2e = [v for run in runs for v in per_request_values(load_run(run).records, "e2e_ms")]
+    mean_e2e = figures.get("mean_e2e_ms")
+    if not mean_e2e:
+        raise InputError(f"the sweep point has no mean e2e_ms; rerun `capplan sweep` ({sweep_dir})")
+    source = f"measured: {sweep_dir}, {len(runs)} repeats at concurrency {slots}"
+    return ServiceProfile(slots, mean_e2e / 1000.0, service_cv2(e2e), figures, source)
 
 
 def _profile_from_estimate(
@@ -123,25 +145,36 @@ def _profile_from_estimate(
     max_tokens: int,
     concurrency: int | None,
 ) -> Any:
+    """The estimator's own figures: its recommended max_concurrent (KV fit, capped where decode
+    turns compute bound) as the slots, and its roofline step with the batch's matmul floor."""
     from capplan.errors import InputError
+    from capplan.estimate.estimator import EstimateRequest, estimate
+    from capplan.estimate.gpu_spec import resolve_gpu
+    from capplan.estimate.model_spec import resolve_model
     from capplan.estimate.service_timing import service_timing
     from capplan.regression.plan import profile_from_timing
 
-    timing = service_timing(gpu, model, quant=quant)
-    per_request = timing.kv_bytes_per_token * (prompt_tokens + max_tokens)
-    kv_limit = int(timing.kv_budget_bytes // per_request) if per_request > 0 else None
-    slots = concurrency or kv_limit
-    if not slots:
-        raise InputError(
-            f"{model} on {gpu}: no request of {prompt_tokens}+{max_tokens} tokens fits the KV "
-            "budget; shorten the workload or pick a larger GPU"
+    result = estimate(
+        EstimateRequest(
+            gpu=resolve_gpu(gpu),
+            model=resolve_model(model, quant=quant),
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
         )
+    )
+    if result.concurrency < 1:
+        raise InputError(
+            f"{model} on {gpu}: no request of {prompt_tokens}+{max_tokens} tokens fits "
+            "(capplan estimate shows why); shorten the workload or pick a larger GPU"
+        )
+    slots = concurrency or result.settings.max_concurrent
+    timing = service_timing(gpu, model, quant=quant)
     return profile_from_timing(
         slots=slots,
         prompt_tokens=prompt_tokens,
         output_tokens=max_tokens,
         prefill_ms_per_token=timing.prefill_ms_per_token,
-        decode_step_ms=timing.decode_step_ms,
-        source=f"estimate: {model} on {gpu}, {prompt_tokens}+{max_tokens} tokens"
-        + (f", KV fits {kv_limit}" if kv_limit is not None else ""),
+        decode_step_ms=lambda kv_tokens: timing.decode_step_ms(kv_tokens, slots),
+        source=f"estimate: {model} on {gpu}, {prompt_tokens}+{max_tokens} tokens, "
+        f"max_concurrent {result.settings.max_concurrent} (KV fits {result.concurrency})",
     )

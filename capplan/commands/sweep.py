@@ -64,7 +64,7 @@ def sweep(
 
     from capplan.errors import InputError
     from capplan.loadtest.runner import load_scenario, run_load
-    from capplan.regression.sweep import SweepSpec, parse_slos, run_sweep
+    from capplan.regression.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
     from capplan.render.regression import stdout_console, sweep_table
 
     if axis not in ("concurrency", "rate"):
@@ -103,8 +103,10 @@ def sweep(
 
     def on_point(point: Any) -> None:
         verdict = "pass" if point.passed else "fail: " + ", ".join(point.broken)
-        console.print(f"  {spec.axis}={point.load:g}: {verdict}")
+        reused = " (reused from an earlier run)" if point.resumed else ""
+        console.print(f"  {spec.axis}={point.load:g}: {verdict}{reused}", highlight=False)
 
+    workload = _workload(config)
     with _target(config, out_dir) as target_url:
         base = replace(config, url=target_url, launch=None, ramp=None)
 
@@ -115,7 +117,16 @@ def sweep(
                 cfg = replace(base, rate=(load,), concurrency=(), seed=base.seed + repeat)
             return run_load(cfg, out_dir=run_dir, reports=point_reports).summary
 
-        result = run_sweep(spec, run_point, out_dir, resume=resume, on_point=on_point)
+        try:
+            result = run_sweep(
+                spec, run_point, out_dir, resume=resume, on_point=on_point, workload=workload
+            )
+        except SweepInterrupted as stop:
+            console.print(
+                f"{stop}: the points measured so far are kept in {out_dir}; run the same "
+                "command again to resume from them"
+            )
+            raise typer.Exit(130) from None
     if plot and result.points:
         from capplan.regression.plot import plot_sweep
 
@@ -125,6 +136,15 @@ def sweep(
 
         (out_dir / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2))
     stdout_console().print(sweep_table(result))
+
+
+def _workload(config: Any) -> dict[str, Any]:
+    """What every point runs, the load aside: a resume must not mix two workloads."""
+    data = dict(config.to_dict())
+    for key in ("url", "launch", "concurrency", "rate", "ramp", "seed", "api_key", "name",
+                "description", "model_name"):  # fmt: skip
+        data.pop(key, None)
+    return data
 
 
 def _parse_points(points: str | None) -> tuple[float, ...]:

@@ -51,7 +51,7 @@ def validate(
     if url is not None and run is not None:
         raise InputError("give --url (measure now) or --run (a finished run), not both")
     shape = WorkloadShape(prompt_tokens, max_tokens, concurrency)
-    timing, peak_bytes = _estimate(gpu, model, shape)
+    timing, estimated = _estimate(gpu, model, shape)
     emulated = url is None and run is None
     if run is None:
         run = out or Path("reports") / f"validate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -60,13 +60,19 @@ def validate(
     if not summary_path.is_file():
         raise InputError(f"no summary.json in '{run}'; pass a run directory from a load test")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    _check_same_workload(summary.get("config") or {}, shape, run)
     counts = summary.get("requests") or {}
     if not counts.get("ok"):
         raise InputError(
             f"no request succeeded in '{run}' (by status: {counts.get('by_status')}); "
             "check that the workload fits (capplan estimate) and the server is up"
         )
-    estimate = estimated_figures(timing, shape, peak_memory_bytes=None if emulated else peak_bytes)
+    estimate = estimated_figures(
+        timing,
+        shape,
+        memory=estimated.memory,
+        kv_ceiling=estimated.zero_margin_concurrency,
+    )
     measured = measured_figures(
         summary,
         safe_concurrency=_sweep_safe(sweep) if sweep is not None else None,
@@ -74,7 +80,10 @@ def validate(
     )
     mode = "emulated backend" if emulated else "measured server"
     subject = f"{model} on {gpu}, {prompt_tokens}+{max_tokens} tokens x {concurrency} ({mode})"
-    result = side_by_side(estimate, measured, subject=subject, tolerance_pct=tolerance)
+    notes = {"safe_concurrency": f"recommended with 3% margin: {estimated.concurrency}"}
+    if sweep is None:
+        notes["safe_concurrency"] += "; --sweep DIR measures it"
+    result = side_by_side(estimate, measured, subject=subject, tolerance_pct=tolerance, notes=notes)
     stdout_console().print(validation_table(result))
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
@@ -82,31 +91,47 @@ def validate(
         raise typer.Exit(1)
 
 
-def _estimate(gpu: str, model: str, shape: Any) -> tuple[Any, float | None]:
-    """Service timing, and the estimator's peak memory at this concurrency (weights + KV + rest)."""
+def _check_same_workload(config: dict[str, Any], shape: Any, run: Path) -> None:
+    """A finished run of another shape would make every error column meaningless."""
+    from capplan.errors import InputError
+
+    wanted = {
+        "concurrency": [shape.concurrency],
+        "prompt_tokens": shape.prompt_tokens,
+        "max_tokens": shape.output_tokens,
+    }
+    ran = {
+        "concurrency": config.get("concurrency"),
+        "prompt_tokens": (config.get("prompt_tokens") or {}).get("value"),
+        "max_tokens": (config.get("max_tokens") or {}).get("value"),
+    }
+    differing = [f"{k} {ran[k]} (not {wanted[k]})" for k in wanted if ran[k] != wanted[k]]
+    if config.get("rate"):
+        differing.append("an open loop (validate needs a closed loop)")
+    if differing:
+        raise InputError(
+            f"'{run}' ran another workload: {', '.join(differing)}; pass --prompt-tokens, "
+            "--max-tokens and --concurrency as it ran, or measure anew without --run"
+        )
+
+
+def _estimate(gpu: str, model: str, shape: Any) -> tuple[Any, Any]:
+    """Service timing, and the estimator's result for this workload (memory terms, concurrency)."""
+    from capplan.estimate.estimator import EstimateRequest, estimate
+    from capplan.estimate.gpu_spec import resolve_gpu
+    from capplan.estimate.model_spec import resolve_model
     from capplan.estimate.service_timing import service_timing
 
     timing = service_timing(gpu, model)
-    peak: float | None = None
-    try:
-        from capplan.estimate.estimator import EstimateRequest, estimate
-        from capplan.estimate.gpu_spec import resolve_gpu
-        from capplan.estimate.model_spec import resolve_model
-
-        result = estimate(
-            EstimateRequest(
-                gpu=resolve_gpu(gpu),
-                model=resolve_model(model),
-                prompt_tokens=shape.prompt_tokens,
-                max_tokens=shape.output_tokens,
-            )
+    result = estimate(
+        EstimateRequest(
+            gpu=resolve_gpu(gpu),
+            model=resolve_model(model),
+            prompt_tokens=shape.prompt_tokens,
+            max_tokens=shape.output_tokens,
         )
-        m = result.memory
-        fixed = m.weights_bytes + m.non_torch_bytes + m.activation_bytes
-        peak = fixed + m.allocator_reserve_bytes + shape.concurrency * m.kv_per_request_bytes
-    except ImportError:
-        peak = None
-    return timing, peak
+    )
+    return timing, result
 
 
 def _measure(
@@ -134,16 +159,21 @@ def _measure(
 
 
 def _sweep_safe(sweep_dir: Path) -> float | None:
-    """Where the sweep's server started refusing (429/503), else its highest safe point."""
+    """The last concurrency before the sweep's server started refusing (429/503).
+
+    None when it never refused: the ceiling lies above the sweep, and its SLO-limited highest
+    safe point says nothing about memory.
+    """
     from capplan.errors import InputError
 
     path = sweep_dir / "sweep.json" if sweep_dir.is_dir() else sweep_dir
     if not path.is_file():
         raise InputError(f"no sweep.json in '{sweep_dir}'; run `capplan sweep --out DIR` first")
     data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("axis") != "concurrency":
+        raise InputError("--sweep needs a concurrency sweep (capplan sweep --axis concurrency)")
     rejection = data.get("first_rejection")
-    if rejection is not None:
-        passing = [p["load"] for p in data["points"] if p["load"] < rejection]
-        return max(passing) if passing else None
-    value = data.get("highest_safe")
-    return float(value) if value is not None else None
+    if rejection is None:
+        return None
+    below = [p["load"] for p in data["points"] if p["load"] < rejection]
+    return float(max(below)) if below else 0.0

@@ -36,6 +36,7 @@ from capplan.regression.stats import (
 
 Verdict = Literal["pass", "regression", "noise", "improved", "info", "missing"]
 
+NO_RECORDS = "skipped: no records"
 SMALL_SAMPLE = 40  # per side; below it the bootstrap alone does not decide
 DEFAULT_LIMITS = ("p95_ttft_ms=25%", "p95_e2e_ms=25%", "p50_tpot_ms=25%", "error_rate=0.01")
 SHOWN_METRICS = (
@@ -54,7 +55,7 @@ SHOWN_METRICS = (
 )
 
 _LIMIT = re.compile(
-    r"^\s*(?P<metric>[a-z0-9_()]+)\s*=\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<unit>%|ms|s)?\s*$",
+    r"^\s*(?P<metric>[a-z0-9_().]+)\s*=\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<unit>%|ms|s)?\s*$",
     re.IGNORECASE,
 )
 
@@ -169,7 +170,8 @@ def compare_runs(
     by_metric = {limit.metric: limit for limit in limits}
     names = list(dict.fromkeys([*metrics, *by_metric]))
     rows: list[MetricComparison] = []
-    for step, base_block, cur_block in _paired_blocks(baseline.summary, current.summary):
+    pairs, step_warnings = _paired_blocks(baseline.summary, current.summary)
+    for step, base_block, cur_block in pairs:
         base_flat, cur_flat = flatten(base_block), flatten(cur_block)
         for name in names:
             if name not in base_flat and name not in cur_flat and name not in by_metric:
@@ -189,11 +191,12 @@ def compare_runs(
             )
     for limit in limits:
         if not any(r.metric == limit.metric and r.baseline is not None for r in rows):
+            known = [m for m in SHOWN_METRICS if m in flatten_any(baseline.summary)]
             raise InputError(
                 f"limit '{limit.text}': the baseline has no '{limit.metric}'; "
-                f"known: {', '.join(sorted(flatten_any(baseline.summary)))}"
+                f"e.g. {', '.join(known) or 'none (no successful request?)'} (docs/ci.md)"
             )
-    warnings = tuple(_warnings(baseline, current))
+    warnings = tuple([*_warnings(baseline, current), *step_warnings])
     return Comparison(str(baseline.path), str(current.path), tuple(rows), alpha, warnings)
 
 
@@ -211,7 +214,10 @@ def _warnings(baseline: LoadedRun, current: LoadedRun) -> list[str]:
             reasons = "; ".join(str(r) for r in run.summary.get("reasons") or [])
             out.append(f"the {name} run is marked invalid: {reasons}")
         if not run.records:
-            out.append(f"the {name} run has no requests.jsonl: limits alone decide")
+            out.append(
+                f"noise test skipped: the {name} run has no requests.jsonl, so limits alone "
+                "decide (pass run directories with their records)"
+            )
     base_cfg = baseline.summary.get("config") or {}
     cur_cfg = current.summary.get("config") or {}
     differing = [k for k in _WORKLOAD_KEYS if k in base_cfg and base_cfg.get(k) != cur_cfg.get(k)]
@@ -231,18 +237,28 @@ def flatten_any(summary: Mapping[str, object]) -> dict[str, float]:
 
 def _paired_blocks(
     base: Mapping[str, object], cur: Mapping[str, object]
-) -> list[tuple[str | None, Mapping[str, object], Mapping[str, object]]]:
-    """(step label, baseline block, current block): the whole run, or matching ladder steps."""
+) -> tuple[list[tuple[str | None, Mapping[str, object], Mapping[str, object]]], list[str]]:
+    """(step label, baseline block, current block) pairs, and warnings about unpaired steps.
+
+    Two single-step runs compare whole; otherwise steps pair by label (`concurrency=4`). Every
+    baseline step must be in the current run: a step silently dropped would pass unjudged.
+    """
     base_steps, cur_steps = _steps(base), _steps(cur)
-    if len(base_steps) > 1 and len(cur_steps) > 1:
-        pairs: list[tuple[str | None, Mapping[str, object], Mapping[str, object]]] = []
-        for label, block in base_steps.items():
-            if label in cur_steps:
-                pairs.append((label, block, cur_steps[label]))
-        if not pairs:
-            raise InputError("the two ladder runs share no step; compare runs of the same ladder")
-        return pairs
-    return [(None, base, cur)]
+    if len(base_steps) <= 1 and len(cur_steps) <= 1:
+        return [(None, base, cur)], []
+    missing = [label for label in base_steps if label not in cur_steps]
+    if missing:
+        raise InputError(
+            f"the current run lacks the baseline's step(s) {', '.join(missing)} "
+            f"(baseline: {', '.join(base_steps)}; current: {', '.join(cur_steps) or 'none'}); "
+            "run the current one with the baseline's ladder"
+        )
+    pairs: list[tuple[str | None, Mapping[str, object], Mapping[str, object]]] = [
+        (label, block, cur_steps[label]) for label, block in base_steps.items()
+    ]
+    extra = [label for label in cur_steps if label not in base_steps]
+    warnings = [f"not compared (no baseline step): {', '.join(extra)}"] if extra else []
+    return pairs, warnings
 
 
 def _steps(summary: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
@@ -295,9 +311,9 @@ def _significance(
 
     base_recs = [r for r in base_records if isinstance(r, RequestRecord)]
     cur_recs = [r for r in cur_records if isinstance(r, RequestRecord)]
+    if not base_recs or not cur_recs:
+        return None, None, None, NO_RECORDS
     if name == "error_rate":
-        if not base_recs or not cur_recs:
-            return None, None, None, "limit only (no records)"
         nb = [r for r in base_recs if not r.warmup]
         nc = [r for r in cur_recs if not r.warmup]
         p = proportion_greater(
@@ -306,11 +322,11 @@ def _significance(
         return p, None, None, "two-proportion z"
     stat, _, metric = name.partition("_")
     if metric not in SAMPLED_METRICS or stat not in STATS:
-        return None, None, None, "limit only (no per-request sample)"
+        return None, None, None, "none: no per-request sample"
     x = per_request_values(base_recs, metric)
     y = per_request_values(cur_recs, metric)
     if len(x) < 5 or len(y) < 5:
-        return None, None, None, "limit only (under 5 samples)"
+        return None, None, None, "skipped: under 5 samples"
     if stat in ("max", "min"):
         test = mann_whitney_greater(x, y)
         return test.p_value, None, None, "Mann-Whitney U"

@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 
 from capplan.errors import InputError
 
-LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "latency_ms")
+LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "latency_ms", "generator_lag_ms")
 STATS = ("p50", "p90", "p95", "p99", "mean", "max", "min")
 
 _METRIC_ALIASES = {
@@ -21,6 +21,8 @@ _METRIC_ALIASES = {
     "itl": "itl_ms",
     "e2e": "e2e_ms",
     "latency": "latency_ms",
+    "generator_lag": "generator_lag_ms",
+    "lag": "generator_lag_ms",
 }
 _STAT_ALIASES = {"median": "p50", "avg": "mean", "average": "mean"}
 _SCALAR_ALIASES = {
@@ -31,7 +33,26 @@ _SCALAR_ALIASES = {
     "tokens_per_s": "output_tokens_per_s",
     "tps": "output_tokens_per_s",
     "goodput": "goodput_requests_per_s",
+    # The dotted summary.json paths docs/metrics.md uses.
+    "throughput.requests_per_s": "requests_per_s",
+    "throughput.output_tokens_per_s": "output_tokens_per_s",
+    "goodput.requests_per_s": "goodput_requests_per_s",
+    "goodput.fraction": "goodput_fraction",
+    "requests.total": "total",
+    "requests.ok": "ok",
+    "requests.failed": "failed",
 }
+# Every scalar `flatten` can produce: a threshold or limit on another name is a typo.
+SCALARS = (
+    "error_rate",
+    "requests_per_s",
+    "output_tokens_per_s",
+    "goodput_requests_per_s",
+    "goodput_fraction",
+    "total",
+    "ok",
+    "failed",
+)
 # Scalars where a larger value is better; every other figure is better when smaller.
 _HIGHER_IS_BETTER = {
     "requests_per_s",
@@ -44,9 +65,15 @@ _HIGHER_IS_BETTER = {
 
 
 def canonical_metric(name: str) -> str:
-    """`ttft` -> `ttft_ms`; unknown latency names pass through for `flatten` to judge."""
+    """`ttft` -> `ttft_ms`; an unknown name raises InputError naming the known ones."""
     key = name.strip().lower()
-    return _METRIC_ALIASES.get(key, key)
+    key = _METRIC_ALIASES.get(key, key)
+    if key not in LATENCY_METRICS:
+        raise InputError(
+            f"unknown metric '{name}'; use one of {', '.join(LATENCY_METRICS)} "
+            "(or ttft, tpot, itl, e2e, latency, generator_lag)"
+        )
+    return key
 
 
 def canonical_stat(name: str) -> str:
@@ -61,7 +88,13 @@ def metric_name(stat: str | None, metric: str) -> str:
     """The flat name of `stat(metric)`, or of a scalar when `stat` is None."""
     if stat is None:
         key = metric.strip().lower()
-        return _SCALAR_ALIASES.get(key, key)
+        key = _SCALAR_ALIASES.get(key, key)
+        if key not in SCALARS:
+            raise InputError(
+                f"unknown figure '{metric}'; use STAT(METRIC) such as p95(ttft) or one of "
+                f"{', '.join(SCALARS)} (docs/metrics.md)"
+            )
+        return key
     return f"{canonical_stat(stat)}_{canonical_metric(metric)}"
 
 

@@ -232,12 +232,14 @@ def profile_from_run(
     mean_e2e = figures.get("mean_e2e_ms")
     if mean_e2e is None or mean_e2e <= 0:
         raise InputError("the run has no successful requests (no mean e2e_ms); pick another run")
-    cv2 = _cv2(e2e_ms) if len(e2e_ms) >= 2 else 1.0
-    return ServiceProfile(slots, mean_e2e / 1000.0, cv2, figures, source)
+    return ServiceProfile(slots, mean_e2e / 1000.0, service_cv2(e2e_ms), figures, source)
 
 
-def _cv2(values: Sequence[float]) -> float:
+def service_cv2(values: Sequence[float]) -> float:
+    """Squared coefficient of variation of service times; 1 (exponential) with too few."""
     n = len(values)
+    if n < 2:
+        return 1.0
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return var / (mean * mean) if mean > 0 else 1.0

@@ -32,8 +32,9 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
         if lows:
             spread_loads = [p.load for p in points if name in p.spread]
             ax_lat.fill_between(spread_loads, lows, highs, alpha=0.15)
+    ceiling = max((v for p in points for v in _latencies(p)), default=0.0)
     for slo in result.slos:
-        _slo_line(ax_lat, slo)
+        _slo_line(ax_lat, slo, ceiling)
     ax_lat.set_xlabel(result.axis)
     ax_lat.set_ylabel("ms")
     ax_lat.set_title("Latency vs load")
@@ -43,14 +44,29 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     ax_thr.set_xlabel(result.axis)
     ax_thr.set_ylabel("output tokens/s")
     ax_thr.set_title("Throughput vs load")
-    failed = [p.load for p in points if not p.passed or p.saturated]
+    failed = [p for p in points if not p.passed or p.saturated]
+    if failed:
+        ax_thr.plot(
+            [p.load for p in failed],
+            [p.figures.get("output_tokens_per_s", 0.0) for p in failed],
+            "x",
+            color="tab:red",
+            ms=10,
+            mew=2,
+            label="failed SLO / saturated",
+        )
     for ax in (ax_lat, ax_thr):
         if result.highest_safe is not None:
             ax.axvline(result.highest_safe, color="tab:green", ls=":", label="highest safe")
         if result.knee is not None:
             ax.axvline(result.knee, color="tab:purple", ls="-.", label="knee")
-        for load in failed:
-            ax.axvspan(load, max(loads), color="tab:red", alpha=0.04)
+        if failed:
+            first = min(p.load for p in failed)
+            ax.axvspan(first, max(loads), color="tab:red", alpha=0.06)
+        if len(loads) > 1 and max(loads) / min(loads) >= 8:
+            # A doubling ladder: equal steps on a log axis, ticks at the loads measured.
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(loads, [f"{x:g}" for x in loads])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -60,9 +76,22 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     return out
 
 
-def _slo_line(ax: Any, expression: str) -> None:
+_LATENCIES = ("p50_ttft_ms", "p95_ttft_ms", "p50_e2e_ms", "p95_e2e_ms")
+
+
+def _latencies(point: Any) -> list[float]:
+    return [point.figures[n] for n in _LATENCIES if n in point.figures]
+
+
+def _slo_line(ax: Any, expression: str, ceiling: float) -> None:
+    """The SLO's limit; one far above every measured latency is named, not drawn, so that it
+    does not squash the curves flat against the axis."""
     from capplan.regression.thresholds import parse_threshold
 
     slo = parse_threshold(expression)
-    if slo.metric.endswith("_ms"):
-        ax.axhline(slo.limit, color="tab:red", ls=":", lw=1, label=f"SLO {expression}")
+    if not slo.metric.endswith("_ms"):
+        return
+    if ceiling > 0 and slo.limit > 3 * ceiling:
+        ax.plot([], [], " ", label=f"SLO {expression} (off scale)")
+        return
+    ax.axhline(slo.limit, color="tab:red", ls=":", lw=1, label=f"SLO {expression}")

@@ -115,6 +115,7 @@ class SweepPoint:
     saturated: bool = False
     phase: Literal["ladder", "bisect"] = "ladder"
     invalid: tuple[str, ...] = ()  # why the load tester distrusts a run (client-bound, ...)
+    resumed: bool = False  # read back from an earlier, interrupted sweep's records
 
     @property
     def passed(self) -> bool:
@@ -162,6 +163,7 @@ class SweepResult:
                     "saturated": p.saturated,
                     "rejections": p.rejections,
                     "invalid": list(p.invalid),
+                    "resumed": p.resumed,
                     "figures": p.figures,
                     "spread": {k: list(v) for k, v in p.spread.items()},
                     "slo_results": [r.to_dict() for r in p.slo_results],
@@ -184,29 +186,79 @@ class _Search:
     def measure(self, load: float, phase: Literal["ladder", "bisect"]) -> SweepPoint:
         if load in self.points:
             return self.points[load]
-        summaries, dirs = [], []
+        summaries, dirs, resumed = [], [], True
         for repeat in range(self.spec.repeats):
             run_dir = self.out_dir / point_dir_name(self.spec.axis, load, repeat)
-            summaries.append(self._summary(load, repeat, run_dir))
+            summary = self._finished(run_dir)
+            if summary is None:
+                resumed = False
+                summary = self._run(load, repeat, run_dir)
+            summaries.append(summary)
             dirs.append(str(run_dir))
-        point = _point(load, summaries, self.spec.slos, tuple(dirs), phase)
+        point = replace(
+            _point(load, summaries, self.spec.slos, tuple(dirs), phase), resumed=resumed
+        )
         self.points[load] = point
         if self.on_point is not None:
             self.on_point(point)
         return point
 
-    def _summary(self, load: float, repeat: int, run_dir: Path) -> Mapping[str, Any]:
+    def _finished(self, run_dir: Path) -> Mapping[str, Any] | None:
+        """A point-run an earlier sweep completed (an interrupted one is measured again)."""
         summary_path = run_dir / "summary.json"
-        if self.resume and summary_path.is_file():
-            try:
-                data = json.loads(summary_path.read_text(encoding="utf-8"))
-                if isinstance(data, dict):
-                    return data
-            except json.JSONDecodeError:
-                pass
+        if not self.resume or not summary_path.is_file():
+            return None
+        try:
+            data = json.loads(summary_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or data.get("interrupted"):
+            return None
+        return data
+
+    def _run(self, load: float, repeat: int, run_dir: Path) -> Mapping[str, Any]:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a point killed mid-run: its partial records would mix in
-        return self.run_point(load, repeat, run_dir)
+        summary = self.run_point(load, repeat, run_dir)
+        if summary.get("interrupted"):
+            # Ctrl-C stops the load test, which returns what finished; judging that partial
+            # point (and going on to the next) would be wrong, so the whole sweep stops here.
+            raise SweepInterrupted(self.spec.axis, load, self.out_dir)
+        return summary
+
+
+class SweepInterrupted(Exception):
+    """The user stopped the sweep; the points measured so far stay on disk for a resume."""
+
+    def __init__(self, axis: str, load: float, out_dir: Path) -> None:
+        super().__init__(f"interrupted at {axis}={load:g}")
+        self.axis, self.load, self.out_dir = axis, load, out_dir
+
+
+WORKLOAD_FILE = "sweep-workload.json"
+
+
+def check_workload(out_dir: Path, workload: Mapping[str, Any], *, resume: bool) -> None:
+    """Refuses to resume into a sweep directory measured with another workload, then records it.
+
+    Points are reused by load alone, so a resumed sweep with other prompts, output lengths or
+    request counts would silently mix two workloads in one curve.
+    """
+    path = out_dir / WORKLOAD_FILE
+    current = json.loads(json.dumps(dict(workload), default=str))
+    if resume and path.is_file():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            earlier = None
+        if isinstance(earlier, dict) and earlier != current:
+            differing = sorted(k for k in {*earlier, *current} if earlier.get(k) != current.get(k))
+            raise InputError(
+                f"'{out_dir}' holds a sweep of another workload (differs in: "
+                f"{', '.join(differing)}); pass --no-resume to start afresh or another --out"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def point_dir_name(axis: Axis, load: float, repeat: int) -> str:
@@ -221,10 +273,17 @@ def run_sweep(
     *,
     resume: bool = True,
     on_point: Callable[[SweepPoint], None] | None = None,
+    workload: Mapping[str, Any] | None = None,
 ) -> SweepResult:
-    """Ladder, then bisection; writes sweep.json under `out_dir` and returns the result."""
+    """Ladder, then bisection; writes sweep.json under `out_dir` and returns the result.
+
+    `workload` (what every point runs, load aside) guards a resume against mixing workloads.
+    Raises `SweepInterrupted` when a point-run reports it was interrupted (Ctrl-C).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if workload is not None:
+        check_workload(out, workload, resume=resume)
     search = _Search(spec, run_point, out, resume, on_point)
     last_pass: SweepPoint | None = None
     first_fail: SweepPoint | None = None

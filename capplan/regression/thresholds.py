@@ -24,7 +24,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _PATTERN = re.compile(
     r"""^\s*
-    (?:(?P<stat>[a-z0-9]+)\s*\(\s*(?P<metric>[a-z_0-9]+)\s*\)|(?P<scalar>[a-z_][a-z_0-9]*))
+    (?:(?P<stat>[a-z0-9]+)\s*\(\s*(?P<metric>[a-z_0-9]+)\s*\)|(?P<scalar>[a-z_][a-z_0-9.]*))
     \s*(?P<op><=|>=|<|>)\s*
     (?P<number>[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)
     \s*(?P<unit>ms|s|%)?\s*$""",

@@ -84,7 +84,7 @@ def comparison_table(comparison: Comparison) -> Group:
             fmt(row.current, row.metric),
             delta_text(row),
             row.limit.text.split("=", 1)[1] if row.limit else "",
-            "" if row.p_value is None else f"{row.p_value:.3f}",
+            p_text(row),
             Text(row.verdict, style=_VERDICT_STYLE[row.verdict]),
         )
     if comparison.passed:
@@ -94,6 +94,15 @@ def comparison_table(comparison: Comparison) -> Group:
         verdict = Text(f"REGRESSION: {names}", style="bold red")
     warnings = [Text(f"warning: {w}", style="yellow") for w in comparison.warnings]
     return Group(table, *warnings, verdict)
+
+
+def p_text(row: MetricComparison) -> str:
+    """The test's one-sided p, or why no test ran on a limited metric (never a silent blank)."""
+    if row.p_value is not None:
+        return f"{row.p_value:.3f}"
+    if row.limit is None or row.verdict == "missing":
+        return ""
+    return "skipped" if row.test.startswith("skipped") else "n/a"
 
 
 def delta_text(row: MetricComparison) -> str:
@@ -210,11 +219,16 @@ def validation_table(validation: Validation) -> Table:
     for row in validation.rows:
         err = row.error_pct
         style = "red" if row.agrees(validation.tolerance_pct) is False else ""
+        count = "concurrency" in row.name  # a whole number of requests
         table.add_row(
             row.name,
-            fmt(row.estimate),
-            fmt(row.measured),
+            _count(row.estimate) if count else fmt(row.estimate),
+            _count(row.measured) if count else fmt(row.measured),
             Text("-" if err is None else f"{err:+.1f}%", style=style),
             row.note,
         )
     return table
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"

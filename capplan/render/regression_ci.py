@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from capplan.regression.compare import Comparison, MetricComparison
-from capplan.render.regression import delta_text, fmt
+from capplan.render.regression import delta_text, fmt, p_text
 
 _ICON = {
     "regression": "❌ regression",
@@ -31,16 +31,29 @@ def comparison_markdown(comparison: Comparison) -> str:
         f"(one-sided, alpha {comparison.alpha:g}).",
         "",
         *(f"> ⚠️ {w}\n" for w in comparison.warnings),
+    ]
+    judged = [r for r in comparison.rows if r.limit is not None]
+    others = [r for r in comparison.rows if r.limit is None]
+    lines.extend(_table(judged))
+    if others:
+        # Shown, not judged: folded so the verdicts stay on one screen of the pull request.
+        lines += ["", "<details><summary>Other metrics (not judged)</summary>", ""]
+        lines += [*_table(others), "", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[MetricComparison]) -> list[str]:
+    lines = [
         "| metric | baseline | current | delta | limit | p (worse) | verdict |",
         "|---|--:|--:|--:|--:|--:|---|",
     ]
-    for row in comparison.rows:
+    for row in rows:
         lines.append(
             f"| {row.label} | {fmt(row.baseline, row.metric)} | {fmt(row.current, row.metric)} "
             f"| {delta_text(row)} | {_limit(row)} "
-            f"| {'' if row.p_value is None else f'{row.p_value:.3f}'} | {_ICON[row.verdict]} |"
+            f"| {p_text(row)} | {_ICON[row.verdict]} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _limit(row: MetricComparison) -> str:
@@ -65,13 +78,17 @@ def comparison_junit(comparison: Comparison) -> str:
         )
         if row.p_value is not None:
             message += f", p={row.p_value:.3f} ({row.test})"
+        elif row.test:
+            message += f", noise test {row.test}"
         if row.verdict == "regression":
             ET.SubElement(case, "failure", message=message, type="regression").text = message
         elif row.verdict == "missing":
             ET.SubElement(case, "error", message=message, type="missing").text = message
         else:
             ET.SubElement(case, "system-out").text = f"{row.verdict}: {message}"
-    suites = ET.Element("testsuites")
+    # Totals on <testsuites> too: some CI parsers read only the root element.
+    suites = ET.Element("testsuites", {k: suite.attrib[k] for k in ("tests", "failures", "errors")})
+    suites.set("name", "capplan compare")
     suites.append(suite)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode")

@@ -50,21 +50,27 @@ def load_run_at(url: str, out_dir: Path, **overrides: Any) -> RunResult:
 
 
 def synthetic_run(
-    seed: int, *, ttft_ms: float, tpot_ms: float, n: int = 80, fail: int = 0
+    seed: int,
+    *,
+    ttft_ms: float,
+    tpot_ms: float,
+    n: int = 80,
+    fail: int = 0,
+    steps: tuple[str, ...] = ("concurrency=4",),
 ) -> LoadedRun:
-    """Records shaped like a streaming run, with lognormal noise on TTFT and TPOT."""
+    """Records shaped like a streaming run, with lognormal noise on TTFT and TPOT; `n` per step."""
     rng = np.random.default_rng(seed)
     records = []
     t = 1000.0
-    for i in range(n):
+    for step, i in ((step, i) for step in steps for i in range(n)):
         ttft = ttft_ms * rng.lognormal(0, 0.15) / 1000
         tpot = tpot_ms * rng.lognormal(0, 0.05) / 1000
         chunks = [t + ttft + k * tpot for k in range(16)]
         ok = i >= fail
         records.append(
             RequestRecord(
-                f"r{i}",
-                step="concurrency=4",
+                f"{step}-r{i}",
+                step=step,
                 send=t,
                 first_byte=t + ttft,
                 first_token=chunks[0] if ok else None,
@@ -77,7 +83,8 @@ def synthetic_run(
             )
         )
         t += 0.05
-    summary = summarize(records, {"steps": ["concurrency=4"], "concurrency": [4]})
+    concurrency = [int(step.partition("=")[2]) for step in steps]
+    summary = summarize(records, {"steps": list(steps), "concurrency": concurrency})
     return LoadedRun(Path(f"run-{seed}"), summary, records)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,8 +74,45 @@ def test_markdown_and_junit_carry_the_verdicts() -> None:
     )
     md = comparison_markdown(result)
     assert "performance regression" in md and "| p50_tpot_ms |" in md
-    xml = comparison_junit(result)
-    assert 'failures="' in xml and "<failure" in xml and 'name="p50_tpot_ms"' in xml
+    # The shape every JUnit consumer reads: testsuites > testsuite(tests, failures) > testcase.
+    root = ET.fromstring(comparison_junit(result).split("\n", 1)[1])
+    assert root.tag == "testsuites" and root.get("failures") == str(len(result.regressions))
+    (suite,) = root
+    assert suite.tag == "testsuite" and suite.get("tests") == str(len(suite))
+    failed = {c.get("name") for c in suite if c.find("failure") is not None}
+    assert failed == {r.label for r in result.regressions} and "p50_tpot_ms" in failed
+    assert all(c.tag == "testcase" and c.get("classname") for c in suite)
+
+
+def test_without_records_the_noise_test_says_it_was_skipped() -> None:
+    base = synthetic_run(1, ttft_ms=50, tpot_ms=10)
+    bare = replace(synthetic_run(2, ttft_ms=50, tpot_ms=10), records=[])
+    result = compare_runs(base, bare)
+    limited = [r for r in result.rows if r.limit is not None]
+    assert limited and all(r.p_value is None and r.test.startswith("skipped") for r in limited)
+    assert any("noise test skipped" in w for w in result.warnings)
+    md = comparison_markdown(result)
+    assert "noise test skipped" in md and "| skipped |" in md
+
+
+def test_a_ladder_is_compared_step_by_step_and_a_missing_step_is_an_error() -> None:
+    base = synthetic_run(1, ttft_ms=50, tpot_ms=10, n=40, steps=("concurrency=1", "concurrency=4"))
+    slow = synthetic_run(2, ttft_ms=50, tpot_ms=20, n=40, steps=("concurrency=1", "concurrency=4"))
+    result = compare_runs(base, slow, ["p50_tpot_ms=25%"])
+    assert {r.label for r in result.regressions} == {
+        "concurrency=1: p50_tpot_ms",
+        "concurrency=4: p50_tpot_ms",
+    }
+    other = synthetic_run(3, ttft_ms=50, tpot_ms=10, n=40, steps=("concurrency=1", "concurrency=2"))
+    with pytest.raises(InputError, match=r"lacks the baseline's step.*concurrency=4"):
+        compare_runs(base, other)
+    single = synthetic_run(4, ttft_ms=50, tpot_ms=10, n=40, steps=("concurrency=4",))
+    with pytest.raises(InputError, match="concurrency=1"):
+        compare_runs(base, single)
+    # A current run with more steps than the baseline: the shared ones, and a warning.
+    wider = compare_runs(single, base)
+    assert {r.step for r in wider.rows} == {"concurrency=4"}
+    assert any("not compared" in w and "concurrency=1" in w for w in wider.warnings)
 
 
 def test_load_run_names_the_fix_for_a_directory_without_summary(tmp_path: Path) -> None:

@@ -75,3 +75,31 @@ def test_a_slo_the_service_itself_breaks_is_unattainable() -> None:
 def test_plan_rejects_a_zero_rate() -> None:
     with pytest.raises(InputError):
         plan_replicas(_profile(), 0.0, [parse_threshold("p95(ttft)<1s")])
+
+
+@pytest.mark.parametrize("cv2", [0.0, 1.0, 2.0])
+def test_more_headroom_or_traffic_never_means_fewer_replicas(cv2: float) -> None:
+    profile = _profile(slots=3, service_s=2.0, cv2=cv2)
+    slo = parse_threshold("p95(ttft)<1.5s")
+    by_headroom = [
+        plan_replicas(profile, 7.0, [slo], headroom=h / 20).replicas for h in range(0, 21)
+    ]
+    assert all(n is not None for n in by_headroom)
+    assert by_headroom == sorted(by_headroom)  # type: ignore[type-var]
+    by_rate = [plan_replicas(profile, r, [slo], headroom=0.2).replicas for r in (1, 2, 5, 9, 30)]
+    assert by_rate == sorted(by_rate) and by_rate[0] != by_rate[-1]  # type: ignore[type-var]
+
+
+def test_estimate_mode_uses_the_estimators_recommended_concurrency() -> None:
+    from capplan.commands.plan import _profile_from_estimate
+    from capplan.estimate.estimator import EstimateRequest, estimate
+    from capplan.estimate.gpu_spec import resolve_gpu
+    from capplan.estimate.model_spec import resolve_model
+
+    # a100-80 + llama-3.1-8b: the KV fits hundreds of requests, but decode turns compute
+    # bound long before; the plan must size on the estimator's max_concurrent, not the KV fit.
+    expected = estimate(
+        EstimateRequest(resolve_gpu("a100-80"), resolve_model("llama-3.1-8b"), 512, 256)
+    )
+    profile = _profile_from_estimate("a100-80", "llama-3.1-8b", None, 512, 256, None)
+    assert profile.slots == expected.settings.max_concurrent < expected.concurrency

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from capplan.errors import InputError
-from capplan.regression.sweep import SweepSpec, parse_slos, run_sweep
+from capplan.regression.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
 from reference_server.emulated import EmulatedTiming
 
 from .conftest import load_run_at
@@ -72,6 +72,40 @@ def test_a_resumed_sweep_reuses_finished_points(tmp_path: Path) -> None:
     result = run_sweep(spec, again, tmp_path)
     assert again.calls == [11]
     assert result.highest_safe == 10
+
+
+def test_ctrl_c_stops_the_sweep_and_the_resume_measures_that_point_again(
+    tmp_path: Path,
+) -> None:
+    spec = SweepSpec("concurrency", parse_slos(["p95(ttft)<1.05s"]), max_load=64)
+
+    class InterruptedAt4(FakeServer):
+        def __call__(self, load: float, repeat: int, run_dir: Path) -> Mapping[str, Any]:
+            summary = dict(super().__call__(load, repeat, run_dir))
+            if load == 4:  # the load test returns what finished, marked interrupted
+                summary["interrupted"] = True
+                (run_dir / "summary.json").write_text(json.dumps(summary))
+            return summary
+
+    first = InterruptedAt4()
+    with pytest.raises(SweepInterrupted, match="concurrency=4"):
+        run_sweep(spec, first, tmp_path)
+    assert first.calls == [1, 2, 4]  # nothing after the interrupted point
+    again = FakeServer()
+    result = run_sweep(spec, again, tmp_path)
+    assert again.calls[0] == 4  # 1 and 2 reused, the partial 4 measured afresh
+    assert [p.resumed for p in result.points[:3]] == [True, True, False]
+    assert result.highest_safe == 10
+
+
+def test_a_resume_into_another_workloads_sweep_is_refused(tmp_path: Path) -> None:
+    spec = SweepSpec("concurrency", parse_slos(["p95(ttft)<1.05s"]), max_load=64)
+    run_sweep(spec, FakeServer(), tmp_path, workload={"max_tokens": 64})
+    with pytest.raises(InputError, match="max_tokens"):
+        run_sweep(spec, FakeServer(), tmp_path, workload={"max_tokens": 128})
+    fresh = FakeServer()
+    run_sweep(spec, fresh, tmp_path, workload={"max_tokens": 128}, resume=False)
+    assert fresh.calls[:2] == [1, 2]
 
 
 def test_repeats_report_their_spread_and_all_must_pass(tmp_path: Path) -> None:
@@ -141,3 +175,12 @@ def test_sweep_finds_the_slo_boundary_of_a_known_timing(tmp_path: Path, serve_em
     assert result.highest_safe == 4, [(p.load, p.figures.get("p50_tpot_ms")) for p in result.points]
     assert result.first_failure == 5
     assert result.first_rejection is None
+
+
+def test_the_plot_is_a_png_even_with_an_slo_far_above_the_curves(tmp_path: Path) -> None:
+    from capplan.regression.plot import plot_sweep
+
+    spec = SweepSpec("concurrency", parse_slos(["p95(ttft)<1.05s", "p95(e2e)<600s"]), max_load=16)
+    result = run_sweep(spec, FakeServer(ceiling=4.0), tmp_path)
+    png = plot_sweep(result, tmp_path / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

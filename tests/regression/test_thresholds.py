@@ -64,7 +64,33 @@ def test_a_ladder_is_judged_step_by_step() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["p95(ttft)", "p95(ttft)<fast", "error_rate<5ms", "p95(e2e)<10%", "p42x(ttft)<1"]
+    ("text", "metric", "limit"),
+    [
+        ("throughput.requests_per_s>2.5", "requests_per_s", 2.5),
+        ("throughput.output_tokens_per_s>=100", "output_tokens_per_s", 100),
+        ("goodput.requests_per_s>1", "goodput_requests_per_s", 1),
+        ("goodput.fraction>=99%", "goodput_fraction", 0.99),
+        ("requests.failed<=0", "failed", 0),
+        ("p99(generator_lag)<10ms", "p99_generator_lag_ms", 10),
+        ("p95(latency)<1s", "p95_latency_ms", 1000),
+    ],
+)
+def test_every_figure_docs_metrics_names_parses(text: str, metric: str, limit: float) -> None:
+    threshold = parse_threshold(text)
+    assert (threshold.metric, threshold.limit) == (metric, pytest.approx(limit))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "p95(ttft)",
+        "p95(ttft)<fast",
+        "error_rate<5ms",
+        "p95(e2e)<10%",
+        "p42x(ttft)<1",
+        "p95(tfft)<500",
+        "eror_rate<1%",
+    ],
 )
 def test_bad_expressions_raise_input_error(text: str) -> None:
     with pytest.raises(InputError):

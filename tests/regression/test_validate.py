@@ -4,10 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from capplan.estimate.estimator import EstimateRequest, estimate
+from capplan.estimate.gpu_spec import resolve_gpu
+from capplan.estimate.model_spec import resolve_model
 from capplan.regression.validate import (
     WorkloadShape,
     estimated_figures,
     measured_figures,
+    peak_memory_bytes,
     telemetry_peaks,
     validate,
 )
@@ -35,6 +39,25 @@ def test_estimate_follows_the_service_timing_by_hand() -> None:
     assert figures["e2e_ms"] == pytest.approx(11.5 + 10 * 12.11)
     assert figures["safe_concurrency"] == 9  # 1000 tokens of KV / 111 per request
     assert figures["kv_peak_mib"] == pytest.approx(2 * 111 * 1024 / 2**20)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "model"),
+    [("rtx3080", "qwen3-8b-int8"), ("a100-80", "llama-3.1-8b"), ("l4", "qwen3-4b")],
+)
+def test_memory_rows_are_the_estimators_own_terms(gpu: str, model: str) -> None:
+    result = estimate(
+        EstimateRequest(resolve_gpu(gpu), resolve_model(model), prompt_tokens=256, max_tokens=64)
+    )
+    m = result.memory
+    # At the estimator's own concurrency the peak is exactly what it budgets as used.
+    used = m.total_bytes - m.free_bytes - m.margin_bytes
+    assert peak_memory_bytes(m, result.concurrency) == pytest.approx(used, rel=1e-9)
+    shape = WorkloadShape(prompt_tokens=256, output_tokens=64, concurrency=2)
+    figures = estimated_figures(TIMING, shape, memory=m, kv_ceiling=result.zero_margin_concurrency)
+    assert figures["kv_peak_mib"] == pytest.approx(2 * m.kv_per_request_bytes / 2**20)
+    assert figures["safe_concurrency"] == result.zero_margin_concurrency
+    assert figures["peak_memory_mib"] < used / 2**20  # two requests hold less than the maximum
 
 
 def test_disagreement_beyond_tolerance_is_reported() -> None:
