@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     args = parser.parse_args()
 
-    from capplan.loadtest.ceiling import measure_requests_per_s, measure_streams
+    from capplan.loadtest.ceiling import CeilingResult, measure_requests_per_s, measure_streams
 
     cpus = sorted(os.sched_getaffinity(0))
     client_cpu, server_cpus = cpus[0], set(cpus[1:]) or {cpus[0]}
@@ -157,8 +157,8 @@ def main() -> None:
                   f"{s.error_p50_ms:+6.2f} ms p99 {s.error_p99_ms:+7.2f} ms  loop lag p99 "
                   f"{s.loop_lag_p99_ms:5.1f} ms  loop CPU {s.loop_cpu_fraction:.0%}  "
                   f"failed {s.failed}")  # fmt: skip
-        held = [s.concurrency for s in streams if s.error_p50_ms < 2.0 and not s.failed]
-        print(f"streams held with median TTFT error < 2 ms: {max(held, default=0)}")
+        held = CeilingResult(streams=streams).streams_held
+        print(f"streams held with median TTFT error < 2 ms: {held}")
 
     if args.server == "raw":
         sock = socket.socket()

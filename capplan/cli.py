@@ -6,9 +6,10 @@ import only the standard library and typer at module level, so `capplan estimate
 
 from __future__ import annotations
 
-import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from capplan import __version__
 from capplan.commands import (
@@ -27,7 +28,20 @@ from capplan.commands import (
 )
 from capplan.errors import InputError
 
+
+class _CapplanGroup(TyperGroup):
+    """Turns `InputError` from any command into one line on stderr and exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:  # click.Context, vendored privately by typer
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_CapplanGroup,
     name="capplan",
     help="Capacity planning and load testing for GPU model-inference services.",
     no_args_is_help=True,
@@ -67,11 +81,7 @@ for _module in (
 
 
 def main() -> None:
-    try:
-        app()
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

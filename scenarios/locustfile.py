@@ -75,13 +75,14 @@ class _Plan:
     """Per process: the scenario's request bodies, the HTTP pool, where records go."""
 
     def __init__(self, environment: Environment) -> None:
+        from capplan.loadtest.httpx_engine import auth_headers
         from capplan.loadtest.locust_engine import build_jobs
         from capplan.loadtest.runner import load_scenario
 
         options = _options(environment)
         host = (environment.host or "").rstrip("/")
         self.config = load_scenario(options.capplan_scenario, {"url": host})
-        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        headers = auth_headers(self.config.api_key)
         model = self.config.model_name or discover_model(host, headers) or "default"
         self.job: LocustJob = build_jobs(self.config, model_name=model)[0]
         self.job.step = "locust"
@@ -173,8 +174,8 @@ def _on_quit(exit_code: int, **_: Any) -> None:
 
 def _write_summary(records_path: Path, environment: Environment) -> None:
     from capplan.loadtest.locust_engine import apply_locust_block
-    from capplan.loadtest.runner import load_scenario, write_summary
-    from capplan.loadtest.summary import summarize
+    from capplan.loadtest.runner import load_scenario
+    from capplan.loadtest.summary import summarize, write_json
 
     options = _options(environment)
     config = load_scenario(options.capplan_scenario, {"url": environment.host}).to_dict()
@@ -199,4 +200,4 @@ def _write_summary(records_path: Path, environment: Environment) -> None:
         ],
     }
     apply_locust_block(summary, block)  # the `locust` block and each step's load_model_run
-    write_summary(records_path.parent / "summary.json", summary)
+    write_json(records_path.parent / "summary.json", summary)

@@ -41,7 +41,8 @@ def compare(
     from capplan.errors import InputError
     from capplan.regression.compare import compare_runs
     from capplan.regression.runs import load_run
-    from capplan.render.regression import comparison_table, stdout_console
+    from capplan.render.console import stdout_console
+    from capplan.render.regression import comparison_table
     from capplan.render.regression_ci import comparison_junit, comparison_markdown
 
     if output not in ("table", "markdown"):

@@ -127,8 +127,10 @@ def estimate(
             bandwidth=bandwidth,
             tflops=tflops,
         )
-        if emit is not None and emit[0] not in ("env", "gunicorn", "json"):
-            raise InputError(f"unknown --emit format '{emit[0]}'; choose env, gunicorn or json")
+        if emit is not None:
+            from capplan.estimate.server_settings import check_emit_format
+
+            check_emit_format(emit[0])
     except InputError as exc:
         raise _fail(str(exc)) from None
     _render(result, output_format)

@@ -112,6 +112,7 @@ def loadtest(
 
     from capplan.errors import InputError
     from capplan.loadtest.runner import load_scenario
+    from capplan.render.console import stdout_console
     from capplan.render.loadtest import LiveProgress, print_result
 
     server_args = list(ctx.args)
@@ -163,10 +164,7 @@ def loadtest(
     else:
         result = run(config, out_dir=out, reports=reports)
     results = evaluate(result.summary) if evaluate else []
-    stdout = Console()
-    if not stdout.is_terminal:
-        stdout = Console(width=160)  # a pipe or a CI log: keep every column readable
-    print_result(stdout, result.summary, result.out_dir, result.reports,
+    print_result(stdout_console(), result.summary, result.out_dir, result.reports,
                  result.report_error, results)  # fmt: skip
     if result.interrupted:
         raise typer.Exit(130)
@@ -191,12 +189,8 @@ def _threshold_evaluator(expressions: list[str]):  # type: ignore[no-untyped-def
     """Validates expressions before the run (a typo fails in a second, not after an hour)."""
     if not expressions:
         return None
-    try:
-        from capplan.regression.thresholds import evaluate, parse_thresholds
-    except ImportError:
-        from capplan.errors import InputError
+    from capplan.regression.thresholds import evaluate, parse_thresholds
 
-        raise InputError("--threshold needs capplan.regression.thresholds, not installed") from None
     parse_thresholds(expressions)
     return lambda summary: evaluate(summary, expressions)
 

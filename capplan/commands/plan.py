@@ -43,7 +43,8 @@ def plan(
     from capplan.errors import InputError
     from capplan.regression.plan import plan_replicas
     from capplan.regression.thresholds import parse_thresholds
-    from capplan.render.regression import plan_table, stdout_console
+    from capplan.render.console import stdout_console
+    from capplan.render.regression import plan_table
 
     sources = sum(x is not None for x in (run, sweep, gpu))
     if sources != 1:
@@ -101,11 +102,9 @@ def _run_concurrency(summary: dict[str, Any]) -> int | None:
 
 def _profile_from_sweep(sweep_dir: Path, concurrency: int | None) -> Any:
     from capplan.errors import InputError
+    from capplan.regression.sweep import read_sweep
 
-    path = sweep_dir / "sweep.json" if sweep_dir.is_dir() else sweep_dir
-    if not path.is_file():
-        raise InputError(f"no sweep.json in '{sweep_dir}'; run `capplan sweep --out DIR` first")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    path, data = read_sweep(sweep_dir)
     if data.get("axis") != "concurrency":
         raise InputError("plan needs a concurrency sweep (an arrival-rate sweep has no slots)")
     safe = data.get("highest_safe")

@@ -63,9 +63,10 @@ def sweep(
     from rich.console import Console
 
     from capplan.errors import InputError
-    from capplan.loadtest.runner import load_scenario, run_load
+    from capplan.loadtest.runner import launched_target, load_scenario, run_load
     from capplan.regression.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
-    from capplan.render.regression import stdout_console, sweep_table
+    from capplan.render.console import stdout_console
+    from capplan.render.regression import sweep_table
 
     if axis not in ("concurrency", "rate"):
         raise InputError("--axis must be concurrency or rate")
@@ -107,7 +108,7 @@ def sweep(
         console.print(f"  {spec.axis}={point.load:g}: {verdict}{reused}", highlight=False)
 
     workload = _workload(config)
-    with _target(config, out_dir) as target_url:
+    with launched_target(config, out_dir) as target_url:
         base = replace(config, url=target_url, launch=None, ramp=None)
 
         def run_point(load: float, repeat: int, run_dir: Path) -> dict[str, Any]:
@@ -119,22 +120,15 @@ def sweep(
 
         try:
             result = run_sweep(
-                spec, run_point, out_dir, resume=resume, on_point=on_point, workload=workload
-            )
+                spec, run_point, out_dir, resume=resume, on_point=on_point, workload=workload,
+                plot=plot,
+            )  # fmt: skip
         except SweepInterrupted as stop:
             console.print(
                 f"{stop}: the points measured so far are kept in {out_dir}; run the same "
                 "command again to resume from them"
             )
             raise typer.Exit(130) from None
-    if plot and result.points:
-        from capplan.regression.plot import plot_sweep
-
-        png = plot_sweep(result, out_dir / "sweep.png")
-        result = replace(result, plot=str(png))
-        import json
-
-        (out_dir / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2))
     stdout_console().print(sweep_table(result))
 
 
@@ -159,15 +153,3 @@ def _parse_points(points: str | None) -> tuple[float, ...]:
     if any(v <= 0 for v in values):
         raise InputError("--points must all be above 0")
     return values
-
-
-def _target(config: Any, out_dir: Path) -> Any:
-    """The URL to load: the given one, or one reference server launched for the whole sweep."""
-    import contextlib
-
-    if config.launch is None:
-        return contextlib.nullcontext(config.url)
-    from capplan.loadtest.launch import launched_server
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return launched_server(config.launch, log_path=out_dir / "server.log")

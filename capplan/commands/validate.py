@@ -38,6 +38,7 @@ def validate(
     import time
 
     from capplan.errors import InputError
+    from capplan.regression.runs import load_run
     from capplan.regression.validate import (
         WorkloadShape,
         estimated_figures,
@@ -46,7 +47,8 @@ def validate(
     from capplan.regression.validate import (
         validate as side_by_side,
     )
-    from capplan.render.regression import stdout_console, validation_table
+    from capplan.render.console import stdout_console
+    from capplan.render.regression import validation_table
 
     if url is not None and run is not None:
         raise InputError("give --url (measure now) or --run (a finished run), not both")
@@ -56,10 +58,7 @@ def validate(
     if run is None:
         run = out or Path("reports") / f"validate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _measure(run, gpu, model, shape, requests, url)
-    summary_path = run / "summary.json"
-    if not summary_path.is_file():
-        raise InputError(f"no summary.json in '{run}'; pass a run directory from a load test")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary = load_run(run, with_records=False).summary
     _check_same_workload(summary.get("config") or {}, shape, run)
     counts = summary.get("requests") or {}
     if not counts.get("ok"):
@@ -165,11 +164,9 @@ def _sweep_safe(sweep_dir: Path) -> float | None:
     safe point says nothing about memory.
     """
     from capplan.errors import InputError
+    from capplan.regression.sweep import read_sweep
 
-    path = sweep_dir / "sweep.json" if sweep_dir.is_dir() else sweep_dir
-    if not path.is_file():
-        raise InputError(f"no sweep.json in '{sweep_dir}'; run `capplan sweep --out DIR` first")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    _, data = read_sweep(sweep_dir)
     if data.get("axis") != "concurrency":
         raise InputError("--sweep needs a concurrency sweep (capplan sweep --axis concurrency)")
     rejection = data.get("first_rejection")

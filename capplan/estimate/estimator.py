@@ -32,7 +32,7 @@ from capplan.estimate.result import (
     EstimateResult,
     Workload,
 )
-from capplan.estimate.units import format_bytes
+from capplan.units import format_bytes
 
 DEFAULT_MARGIN = SAFETY_MARGIN_FRACTION
 # CPU inference: at most one worker per this many cores (each worker is a full model copy).

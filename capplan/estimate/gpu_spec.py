@@ -10,7 +10,7 @@ from typing import Any
 
 from capplan.catalog import loader
 from capplan.errors import InputError
-from capplan.estimate.units import parse_bandwidth, parse_bytes, parse_tflops
+from capplan.units import parse_bandwidth, parse_bytes, parse_tflops
 
 
 @dataclass(frozen=True)

@@ -57,14 +57,18 @@ def gunicorn_text(settings: ServerSettings, source: str) -> str:
     )
 
 
+def check_emit_format(fmt: str) -> None:
+    if fmt not in EMIT_FORMATS:
+        raise InputError(f"unknown --emit format '{fmt}'; choose env, gunicorn or json")
+
+
 def render_settings(settings: ServerSettings, fmt: str, source: str) -> str:
+    check_emit_format(fmt)
     if fmt == "env":
         return env_text(settings, source)
     if fmt == "json":
         return json_text(settings, source)
-    if fmt == "gunicorn":
-        return gunicorn_text(settings, source)
-    raise InputError(f"unknown --emit format '{fmt}'; choose env, gunicorn or json")
+    return gunicorn_text(settings, source)
 
 
 def write_settings(settings: ServerSettings, fmt: str, path: Path, source: str) -> None:

@@ -11,12 +11,12 @@ Used by `capplan selftest` and benchmarks/client_ceiling.py.
 from __future__ import annotations
 
 import asyncio
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from capplan.loadtest.clock import RunClock
 from capplan.loadtest.httpx_engine import ClientPool, StepPlan, StopFlag, Target, run_closed_step
+from capplan.loadtest.metrics import percentile
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.selfcheck import LoopMonitor
@@ -139,8 +139,7 @@ def measure_streams(
         )
         if not ttfts:
             break
-        p50 = statistics.median(ttfts)
-        p99 = ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
+        p50, p99 = percentile(ttfts, 50), percentile(ttfts, 99)
         if offset is None:
             offset = p50 - ttft_ms
         lag = report["loop_lag_ms"]

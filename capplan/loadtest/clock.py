@@ -19,10 +19,3 @@ class RunClock:
 
     def now(self) -> float:
         return self._epoch0 + (time.perf_counter() - self._perf0)
-
-    def sleep_until(self, t: float) -> float:
-        """Blocking sleep until epoch time `t`; returns the lag (s) past `t` when it wakes."""
-        delay = t - self.now()
-        if delay > 0:
-            time.sleep(delay)
-        return max(0.0, self.now() - t)

@@ -41,23 +41,6 @@ class TokenDistribution:
             draw = self.mean * math.exp(rng.gauss(0.0, self.spread))
         return max(self.low, min(self.high, round(draw)))
 
-    @property
-    def maximum(self) -> int:
-        if self.kind == "fixed":
-            return self.value
-        if self.kind == "choice":
-            return max(self.choices)
-        return self.high
-
-    def describe(self) -> str:
-        if self.kind == "fixed":
-            return str(self.value)
-        if self.kind == "uniform":
-            return f"uniform:{self.low}:{self.high}"
-        if self.kind == "choice":
-            return "choice:" + ",".join(str(c) for c in self.choices)
-        return f"{self.kind}:{self.mean:g}:{self.spread:g}"
-
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "fixed":
             return {"dist": "fixed", "value": self.value}

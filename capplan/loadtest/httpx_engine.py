@@ -25,10 +25,12 @@ from capplan.loadtest.clock import RunClock
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.sse import (
+    MODELS_PATHS,
     StreamAccumulator,
     TokenCounter,
     apply_error_response,
     apply_json_response,
+    first_model_id,
     mark_incomplete,
     new_record,
     record_deadline,
@@ -75,12 +77,16 @@ def request_body(target: Target, spec: PromptSpec) -> dict[str, Any]:
     return body
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The request headers an API key adds (every engine sends the same)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def make_client(target: Target, *, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
     """A client whose pool never limits concurrency (no cap, no pool wait)."""
-    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
     return httpx.AsyncClient(
         base_url=target.base_url,
-        headers=headers,
+        headers=auth_headers(target.api_key),
         verify=verify,
         limits=httpx.Limits(
             max_connections=None, max_keepalive_connections=None, keepalive_expiry=30.0
@@ -130,14 +136,14 @@ class ClientPool:
 
 async def discover_model(client: httpx.AsyncClient) -> str | None:
     """The first model id the server lists at /v1/models, if it answers."""
-    for path in ("/v1/models", "/models"):
+    for path in MODELS_PATHS:
         try:
             response = await client.get(path, timeout=10.0)
-            models = response.json().get("data") or []
-            if response.status_code == 200 and models and isinstance(models[0], dict):
-                return str(models[0]["id"])
-        except (httpx.HTTPError, ValueError, KeyError, AttributeError):
+            model = first_model_id(response.status_code, response.json())
+        except (httpx.HTTPError, ValueError, KeyError):
             continue
+        if model is not None:
+            return model
     return None
 
 

@@ -14,8 +14,6 @@ import httpx
 from capplan.errors import InputError
 from capplan.loadtest.child_process import free_port, spawn, stop
 
-__all__ = ["free_port", "launched_server", "server_command"]
-
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 15.0
 

@@ -66,13 +66,13 @@ class LocustOptions:
 
 def build_jobs(config: LoadConfig, *, model_name: str) -> list[LocustJob]:
     """Every step of `config` as a LocustJob: bodies, schedule and ids as the httpx runner's."""
-    from capplan.loadtest.httpx_engine import request_body
+    from capplan.loadtest.httpx_engine import auth_headers, request_body
     from capplan.loadtest.runner import prompt_builder, request_target, step_offsets, step_specs
 
     assert config.url is not None
     target = request_target(config, model_name)
     builder = prompt_builder(config)
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    headers = auth_headers(config.api_key)
     jobs = []
     for index, step in enumerate(config.steps):
         offsets = step_offsets(config, step, index)
@@ -170,8 +170,7 @@ class _LocustRun:
             tail.stop()
             if self.server_before is not None:
                 self.server_after = scrape_server(self.config.url)
-            if sampler is not None:
-                sampler.stop()
+            sampler.stop()
         return self._finish(model_name, started, reports=reports)
 
     def _run_step(self, job: LocustJob, index: int) -> dict[str, Any]:

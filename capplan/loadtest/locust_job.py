@@ -13,9 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# A duration-bound closed-loop step has no request count; its bodies cycle through this many.
-DURATION_BODY_POOL = 2048
-
 
 @dataclass
 class LocustJob:

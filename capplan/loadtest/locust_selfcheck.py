@@ -13,8 +13,12 @@ from typing import Any
 
 import gevent
 
-from capplan.loadtest.metrics import stats
-from capplan.loadtest.selfcheck import MAX_LOOP_CPU, MAX_LOOP_LAG_P99_MS, PROBE_INTERVAL_S
+from capplan.loadtest.selfcheck import (
+    MAX_LOOP_CPU,
+    MAX_LOOP_LAG_P99_MS,
+    PROBE_INTERVAL_S,
+    loop_figures,
+)
 
 
 class GeventLoopMonitor:
@@ -47,11 +51,7 @@ class GeventLoopMonitor:
         self._probe = None
         wall = time.perf_counter() - self._wall0
         cpu = (time.process_time() - self._cpu0) / wall if wall > 0 else 0.0
-        lag = stats(self._lags_ms)
-        return {
-            "loop_lag_ms": {k: lag[k] for k in ("p50", "p99", "max", "count")},
-            "loop_cpu_fraction": round(cpu, 3),
-        }
+        return loop_figures(self._lags_ms, cpu)
 
 
 def client_check(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:

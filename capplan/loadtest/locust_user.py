@@ -34,10 +34,12 @@ from capplan.loadtest.locust_selfcheck import GeventLoopMonitor
 from capplan.loadtest.prompts import load_tokenizer, token_counter
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.sse import (
+    MODELS_PATHS,
     StreamAccumulator,
     TokenCounter,
     apply_error_response,
     apply_json_response,
+    first_model_id,
     mark_incomplete,
     new_record,
     record_deadline,
@@ -357,14 +359,14 @@ def discover_model(base_url: str, headers: dict[str, str] | None = None) -> str 
     """The first model id the server lists at /v1/models (gevent twin of the httpx one)."""
     client = HTTPClient.from_url(base_url, connection_timeout=10.0, network_timeout=10.0)
     try:
-        for path in ("/v1/models", "/models"):
+        for path in MODELS_PATHS:
             try:
                 response = client.get(path, headers=headers or {})
-                models = json.loads(response.read()).get("data") or []
-                if response.status_code == 200 and models and isinstance(models[0], dict):
-                    return str(models[0]["id"])
-            except (OSError, HTTPException, ValueError, KeyError, AttributeError):
+                model = first_model_id(response.status_code, json.loads(response.read()))
+            except (OSError, HTTPException, ValueError, KeyError):
                 continue
+            if model is not None:
+                return model
         return None
     finally:
         client.close()

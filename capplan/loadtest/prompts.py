@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -276,10 +276,3 @@ def token_counter(tokenizer: Tokenizer | None) -> Callable[[str], int] | None:
     if tokenizer is None:
         return None
     return lambda text: len(tokenizer.encode(text))
-
-
-def prompts_iter(builder: PromptBuilder, start: int = 0) -> Iterator[PromptSpec]:
-    index = start
-    while True:
-        yield builder.build(index)
-        index += 1

@@ -15,8 +15,6 @@ from typing import IO, Any, Literal
 
 TokenSource = Literal["server", "tokenizer", "chunks", "none"]
 
-RECORD_SCHEMA_VERSION = 1
-
 
 @dataclass
 class RequestRecord:

@@ -2,7 +2,7 @@
 
 Records are appended to requests.jsonl as requests finish; summary.json is written at the end,
 also after Ctrl-C (from what finished); reports and telemetry come from their own modules,
-imported lazily so a run works without them.
+imported lazily, when a run uses them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from capplan.loadtest.summary import (
 
 if TYPE_CHECKING:
     from capplan.loadtest.httpx_engine import Target
+    from capplan.loadtest.telemetry.sampler import TelemetrySampler
 
 SPEC_POOL_MAX = 1024  # distinct prompts built per step before it starts; cycled beyond
 SPEC_POOL_DURATION_ONLY = 256
@@ -174,12 +175,10 @@ def step_specs(builder: PromptBuilder, config: LoadConfig, scheduled: int | None
     return [builder.build(i) for i in range(max(1, count))]
 
 
-def start_sampler(clock: RunClock, out: Path, target_url: str | None) -> Any:
-    """GPU/host telemetry on the requests' clock, or None when that module is missing."""
-    try:
-        from capplan.loadtest.telemetry.sampler import TelemetrySampler
-    except ImportError:
-        return None
+def start_sampler(clock: RunClock, out: Path, target_url: str | None) -> TelemetrySampler:
+    """GPU/host telemetry on the requests' clock, started."""
+    from capplan.loadtest.telemetry.sampler import TelemetrySampler
+
     sampler = TelemetrySampler(clock, out / "telemetry.csv", target_url=target_url)
     sampler.start()
     return sampler
@@ -222,18 +221,13 @@ def finish_run(
     result = RunResult(out, summary, records, interrupted)
     if not reports:
         return result
+    from capplan.loadtest.report.build import build_reports
+
     try:
-        from capplan.loadtest.report.build import build_reports
-    except ImportError:
-        return result
-    try:
-        result.reports = build_reports(out)
+        result.reports = build_reports(out, records=records)
     except Exception as exc:  # the summary is already safe on disk; say what failed
         result.report_error = f"{type(exc).__name__}: {exc}"
     return result
-
-
-write_summary = write_json  # the name scenarios/locustfile.py uses
 
 
 class _Run:
@@ -246,7 +240,7 @@ class _Run:
         self.selfcheck: dict[str, dict[str, Any]] = {}
         self.ran: dict[str, dict[str, str]] = {}  # step label -> load_model_run
         self.interrupted = False
-        self.sampler: Any = None
+        self.sampler: TelemetrySampler | None = None  # from the first step on
         self.model_name = config.model_name
         self.run_id = out.name
         self.started = self.clock.now()

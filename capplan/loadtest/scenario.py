@@ -6,7 +6,6 @@ number of seconds. The full key list is `SCENARIO_KEYS`; docs/metrics.md explain
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +19,7 @@ else:  # pragma: no cover
 
 from capplan.errors import InputError
 from capplan.loadtest.distributions import TokenDistribution, parse_distribution
+from capplan.units import parse_seconds
 
 ENDPOINTS = ("completions", "chat")
 ARRIVALS = ("constant", "poisson", "gamma")
@@ -274,23 +274,6 @@ def _config_from(m: dict[str, Any]) -> LoadConfig:
         seed=int(m.get("seed", 0)),
         api_key=m.get("api_key"),
     )
-
-
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_seconds(value: object, name: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if match is None:
-            raise InputError(f"{name}: cannot read '{value}'; write e.g. 60s, 2m, 500ms")
-        seconds = float(match[1]) * _UNIT_S[match[2]]
-    if seconds < 0:
-        raise InputError(f"{name} must not be negative")
-    return seconds
 
 
 def _optional_seconds(value: object, name: str) -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from capplan.loadtest.metrics import stats
@@ -18,6 +19,15 @@ from capplan.loadtest.metrics import stats
 PROBE_INTERVAL_S = 0.01
 MAX_LOOP_LAG_P99_MS = 10.0
 MAX_LOOP_CPU = 0.90  # fraction of one core
+
+
+def loop_figures(lags_ms: Sequence[float], cpu_fraction: float) -> dict[str, Any]:
+    """One step of a client loop (asyncio or gevent): wake-up lag percentiles and CPU share."""
+    lag = stats(lags_ms)
+    return {
+        "loop_lag_ms": {k: lag[k] for k in ("p50", "p99", "max", "count")},
+        "loop_cpu_fraction": round(cpu_fraction, 3),
+    }
 
 
 class LoopMonitor:
@@ -45,16 +55,12 @@ class LoopMonitor:
         self._cpu0 = time.thread_time()
         self._wall0 = time.perf_counter()
 
-    def recent_lag_ms(self) -> float:
-        window = self._lags_ms[-50:]
-        return max(window) if window else 0.0
-
     def step_report(self) -> dict[str, Any]:
         wall = time.perf_counter() - self._wall0
         cpu = (time.thread_time() - self._cpu0) / wall if wall > 0 else 0.0
-        lag = stats(self._lags_ms)
+        figures = loop_figures(self._lags_ms, cpu)
         reasons = []
-        p99 = lag["p99"]
+        p99 = figures["loop_lag_ms"]["p99"]
         if isinstance(p99, float) and p99 > MAX_LOOP_LAG_P99_MS:
             reasons.append(
                 f"client event loop lagged (p99 {p99:.1f} ms > {MAX_LOOP_LAG_P99_MS:g} ms): "
@@ -64,12 +70,7 @@ class LoopMonitor:
             reasons.append(
                 f"client loop used {cpu:.0%} of a core (> {MAX_LOOP_CPU:.0%}): client-bound"
             )
-        return {
-            "loop_lag_ms": {k: lag[k] for k in ("p50", "p99", "max", "count")},
-            "loop_cpu_fraction": round(cpu, 3),
-            "client_bound": bool(reasons),
-            "reasons": reasons,
-        }
+        return {**figures, "client_bound": bool(reasons), "reasons": reasons}
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from capplan.loadtest.record import RequestRecord
+from capplan.loadtest.telemetry.prometheus_scrape import sample_values
 
 # figure -> accepted metric names (first present wins, so a server exporting both families is
 # not counted twice); histograms give `<name>_sum` and `<name>_count`.
@@ -29,12 +30,7 @@ COUNTERS: dict[str, tuple[str, ...]] = {
 
 def parse_counters(text: str) -> dict[str, float]:
     """A /metrics page -> {`ttft_sum`, `ttft_count`, ..., `output_tokens`, ...} found in it."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[sample.name] = values.get(sample.name, 0.0) + float(sample.value)
+    values = {name: sum(samples) for name, samples in sample_values(text).items()}
     out: dict[str, float] = {}
     for figure, names in HISTOGRAMS.items():
         for name in names:

@@ -151,6 +151,17 @@ def _apply_counts(
         record.output_tokens_source = "chunks"
 
 
+MODELS_PATHS = ("/v1/models", "/models")  # where engines look for the served model's id
+
+
+def first_model_id(status: int, body: object) -> str | None:
+    """The first model id of a /v1/models answer, or None when it lists none."""
+    models = body.get("data") if isinstance(body, dict) else None
+    if status == 200 and isinstance(models, list) and models and isinstance(models[0], dict):
+        return str(models[0]["id"])
+    return None
+
+
 # --- what every engine does around the response: the record, failures, error bodies -----------
 
 ERROR_BODY_LIMIT = 500  # characters of an error body or exception kept in a record

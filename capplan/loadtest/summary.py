@@ -24,7 +24,6 @@ from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.scenario import LoadConfig, Slo
 
 SCHEMA_VERSION = 1
-LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 # Open-loop generator lag above this at p99 means the client, not the server, set the pace.
 MAX_GENERATOR_LAG_P99_MS = 10.0
 MIN_MEASURED_REQUESTS = 10
@@ -53,12 +52,6 @@ def summarize(
         step_records = [r for r in records if r.step == label]
         check = (selfcheck or {}).get(label)
         steps.append(summarize_step(step_records, slo, label=label, selfcheck=check))
-    overall = summarize_step(records, slo, label="overall")
-    if len(steps) > 1:
-        overall_check = [s for s in steps if not s["valid"]]
-        if overall_check:
-            overall["valid"] = False
-            overall["reasons"] = [f"{s['step']}: {r}" for s in overall_check for r in s["reasons"]]
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -70,16 +63,29 @@ def summarize(
     if len(steps) == 1:
         summary.update({k: v for k, v in steps[0].items() if k != "step"})
         summary["step"] = steps[0]["step"]
+        reasons = list(steps[0]["reasons"])
     else:
-        summary["overall"] = overall
+        summary["overall"] = overall = _overall(records, slo, steps)
         summary["requests"] = overall["requests"]
+        reasons = list(overall["reasons"])
     summary["steps"] = steps
-    reasons = list(overall["reasons"]) if len(steps) > 1 else list(summary.get("reasons", []))
     if interrupted:
         reasons.append("interrupted before the planned end: figures cover what finished")
     summary["valid"] = not reasons
     summary["reasons"] = reasons
     return summary
+
+
+def _overall(
+    records: Sequence[RequestRecord], slo: Slo, steps: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A ladder's whole-run block: invalid when any step is, with that step's reasons."""
+    overall = summarize_step(records, slo, label="overall")
+    invalid = [s for s in steps if not s["valid"]]
+    if invalid:
+        overall["valid"] = False
+        overall["reasons"] = [f"{s['step']}: {r}" for s in invalid for r in s["reasons"]]
+    return overall
 
 
 def load_model_run(engine: str, mode: str, how: str) -> dict[str, str]:
@@ -103,6 +109,17 @@ def load_model_runs_of(summary: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         for block in summary.get("steps", [])
         if isinstance(block, dict) and isinstance(block.get("load_model_run"), dict)
     }
+
+
+def step_blocks(summary: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The blocks of `steps` by step label, in run order (one entry for a single-step run)."""
+    blocks: dict[str, Mapping[str, Any]] = {}
+    steps = summary.get("steps")
+    if isinstance(steps, list):
+        for index, block in enumerate(steps):
+            if isinstance(block, Mapping):
+                blocks[str(block.get("step") or block.get("label") or index)] = block
+    return blocks
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -134,8 +151,8 @@ def summarize_step(
             key = f"{kind} {r.status}" if r.status is not None else kind
             if key not in examples and len(examples) < MAX_ERROR_EXAMPLES:
                 examples[key] = _readable(r.error_detail)
-    metrics = [request_metrics(r) for r in ok]
     all_metrics = [request_metrics(r) for r in measured]
+    metrics = [m for r, m in zip(measured, all_metrics, strict=True) if r.ok]
     window_s = _window_s(measured)
     output_tokens = sum(r.output_tokens for r in ok)
     good = [r for r, m in zip(ok, metrics, strict=True) if _meets(m, slo)]

@@ -17,20 +17,23 @@ from dataclasses import dataclass
 from typing import Literal
 
 from capplan.errors import InputError
+from capplan.loadtest.metrics import RequestMetrics
+from capplan.loadtest.record import RequestRecord
+from capplan.loadtest.summary import step_blocks
 from capplan.regression.metrics import (
     STATS,
-    canonical_metric,
     flatten,
     higher_is_better,
-    is_latency,
-    metric_name,
+    in_metric_unit,
+    parse_metric,
 )
 from capplan.regression.runs import LoadedRun
 from capplan.regression.stats import (
     SAMPLED_METRICS,
     bootstrap_difference,
     mann_whitney_greater,
-    per_request_values,
+    measured_metrics,
+    metric_values,
     proportion_greater,
 )
 
@@ -84,27 +87,12 @@ def parse_limit(text: str) -> Limit:
             f"cannot read limit '{text}'; write e.g. 'p95_e2e_ms=10%', 'p95(ttft)=50ms' "
             "or 'error_rate=0.01'"
         )
-    metric = _limit_metric(match["metric"])
+    metric = parse_metric(match["metric"])
     value = float(match["number"])
     unit = (match["unit"] or "").lower()
-    if unit == "%":
-        return Limit(metric, value / 100.0, True, text.strip())
-    if unit in ("ms", "s"):
-        if not is_latency(metric):
-            raise InputError(f"limit '{text}': '{metric}' is not a latency; drop the '{unit}'")
-        return Limit(metric, value * (1000.0 if unit == "s" else 1.0), False, text.strip())
-    return Limit(metric, value, False, text.strip())
-
-
-def _limit_metric(spelled: str) -> str:
-    spelled = spelled.lower()
-    call = re.fullmatch(r"([a-z0-9]+)\(([a-z_0-9]+)\)", spelled)
-    if call:
-        return metric_name(call[1], call[2])
-    stat, _, rest = spelled.partition("_")
-    if stat in STATS or stat in ("median", "avg"):
-        return metric_name(stat, canonical_metric(rest))
-    return metric_name(None, spelled)
+    relative = unit == "%"
+    value = in_metric_unit(metric, value, unit, f"limit '{text}'")
+    return Limit(metric, value, relative, text.strip())
 
 
 @dataclass(frozen=True)
@@ -173,6 +161,8 @@ def compare_runs(
     pairs, step_warnings = _paired_blocks(baseline.summary, current.summary)
     for step, base_block, cur_block in pairs:
         base_flat, cur_flat = flatten(base_block), flatten(cur_block)
+        base_sample = _Sample.of(baseline.step_records(step))
+        cur_sample = _Sample.of(current.step_records(step))
         for name in names:
             if name not in base_flat and name not in cur_flat and name not in by_metric:
                 continue
@@ -183,8 +173,8 @@ def compare_runs(
                     base_flat,
                     cur_flat,
                     by_metric.get(name),
-                    baseline.step_records(step),
-                    current.step_records(step),
+                    base_sample,
+                    cur_sample,
                     alpha,
                     seed,
                 )
@@ -243,7 +233,7 @@ def _paired_blocks(
     Two single-step runs compare whole; otherwise steps pair by label (`concurrency=4`). Every
     baseline step must be in the current run: a step silently dropped would pass unjudged.
     """
-    base_steps, cur_steps = _steps(base), _steps(cur)
+    base_steps, cur_steps = step_blocks(base), step_blocks(cur)
     if len(base_steps) <= 1 and len(cur_steps) <= 1:
         return [(None, base, cur)], []
     missing = [label for label in base_steps if label not in cur_steps]
@@ -261,14 +251,20 @@ def _paired_blocks(
     return pairs, warnings
 
 
-def _steps(summary: Mapping[str, object]) -> dict[str, Mapping[str, object]]:
-    steps = summary.get("steps")
-    out: dict[str, Mapping[str, object]] = {}
-    if isinstance(steps, list):
-        for index, block in enumerate(steps):
-            if isinstance(block, Mapping):
-                out[str(block.get("step") or block.get("label") or index)] = block
-    return out
+@dataclass(frozen=True)
+class _Sample:
+    """One run's side of one step, read from its records once for every metric compared."""
+
+    records: int  # warmup included: none at all means no test can run
+    measured: int
+    failed: int
+    metrics: list[RequestMetrics]  # of the successful measured requests
+
+    @classmethod
+    def of(cls, records: Sequence[RequestRecord]) -> _Sample:
+        measured = [r for r in records if not r.warmup]
+        failed = sum(not r.ok for r in measured)
+        return cls(len(records), len(measured), failed, measured_metrics(measured))
 
 
 def _compare_metric(
@@ -277,8 +273,8 @@ def _compare_metric(
     base_flat: Mapping[str, float],
     cur_flat: Mapping[str, float],
     limit: Limit | None,
-    base_records: Sequence[object],
-    cur_records: Sequence[object],
+    base_sample: _Sample,
+    cur_sample: _Sample,
     alpha: float,
     seed: int,
 ) -> MetricComparison:
@@ -287,7 +283,7 @@ def _compare_metric(
         return MetricComparison(name, step, base, cur, limit, "missing", test="no figure")
     sign = -1.0 if higher_is_better(name) else 1.0
     worse_by = sign * (cur - base)
-    p_value, low, high, test = _significance(name, base_records, cur_records, seed)
+    p_value, low, high, test = _significance(name, base_sample, cur_sample, seed)
     if limit is None:
         verdict: Verdict = "info"
     elif limit.exceeded(base, worse_by):
@@ -301,30 +297,22 @@ def _compare_metric(
 
 
 def _significance(
-    name: str, base_records: Sequence[object], cur_records: Sequence[object], seed: int
+    name: str, base: _Sample, cur: _Sample, seed: int
 ) -> tuple[float | None, float | None, float | None, str]:
     """(one-sided p of 'worse', CI low, CI high, test name); p None when no test applies.
 
     Only latency metrics have a sample, and for all of them higher is worse.
     """
-    from capplan.loadtest.record import RequestRecord
-
-    base_recs = [r for r in base_records if isinstance(r, RequestRecord)]
-    cur_recs = [r for r in cur_records if isinstance(r, RequestRecord)]
-    if not base_recs or not cur_recs:
+    if not base.records or not cur.records:
         return None, None, None, NO_RECORDS
     if name == "error_rate":
-        nb = [r for r in base_recs if not r.warmup]
-        nc = [r for r in cur_recs if not r.warmup]
-        p = proportion_greater(
-            sum(not r.ok for r in nb), len(nb), sum(not r.ok for r in nc), len(nc)
-        )
+        p = proportion_greater(base.failed, base.measured, cur.failed, cur.measured)
         return p, None, None, "two-proportion z"
     stat, _, metric = name.partition("_")
     if metric not in SAMPLED_METRICS or stat not in STATS:
         return None, None, None, "none: no per-request sample"
-    x = per_request_values(base_recs, metric)
-    y = per_request_values(cur_recs, metric)
+    x = metric_values(base.metrics, metric)
+    y = metric_values(cur.metrics, metric)
     if len(x) < 5 or len(y) < 5:
         return None, None, None, "skipped: under 5 samples"
     if stat in ("max", "min"):

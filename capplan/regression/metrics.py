@@ -7,13 +7,17 @@ spell the same figures as `p95(ttft)`; `metric_name` maps one spelling to the ot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from capplan.errors import InputError
+from capplan.loadtest.metrics import PERCENTILES
+from capplan.units import milliseconds
 
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "latency_ms", "generator_lag_ms")
-STATS = ("p50", "p90", "p95", "p99", "mean", "max", "min")
+# The statistics `capplan.loadtest.metrics.stats` writes for every latency.
+STATS = (*(f"p{p}" for p in PERCENTILES), "mean", "max", "min")
 
 _METRIC_ALIASES = {
     "ttft": "ttft_ms",
@@ -98,6 +102,32 @@ def metric_name(stat: str | None, metric: str) -> str:
     return f"{canonical_stat(stat)}_{canonical_metric(metric)}"
 
 
+_CALL = re.compile(r"([a-z0-9]+)\s*\(\s*([a-z_0-9]+)\s*\)")
+
+
+def parse_metric(spelled: str) -> str:
+    """Any spelling of a figure -> its flat name: `p95(ttft)`, `p95_ttft_ms`, `rps`."""
+    key = spelled.strip().lower()
+    call = _CALL.fullmatch(key)
+    if call:
+        return metric_name(call[1], call[2])
+    stat, _, rest = key.partition("_")
+    if stat in STATS or stat in _STAT_ALIASES:
+        return metric_name(stat, rest)
+    return metric_name(None, key)
+
+
+def in_metric_unit(metric: str, number: float, unit: str, expression: str) -> float:
+    """NUMBER[UNIT] of a threshold or limit in `metric`'s own unit: a latency in ms (`10s` ->
+    10000, no unit: ms), a `%` as a fraction; a time unit on a figure that is no latency is a
+    mistake."""
+    if unit == "%":
+        return number / 100.0
+    if unit and not is_latency(metric):
+        raise InputError(f"{expression}: '{metric}' is not a latency; drop the '{unit}'")
+    return milliseconds(number, unit) if is_latency(metric) else number
+
+
 def is_latency(name: str) -> bool:
     return name.endswith("_ms")
 
@@ -113,7 +143,7 @@ def flatten(summary: Mapping[str, Any]) -> dict[str, float]:
         block = summary.get(metric)
         if isinstance(block, Mapping):
             for stat, value in block.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if _is_number(value):
                     flat[f"{stat}_{metric}"] = float(value)
     throughput = summary.get("throughput")
     if isinstance(throughput, Mapping):
@@ -137,7 +167,7 @@ def flatten(summary: Mapping[str, Any]) -> dict[str, float]:
         if _is_number(total) and _is_number(failed):
             flat["error_rate"] = float(failed) / float(total) if total else 0.0
     error_rate = summary.get("error_rate")
-    if isinstance(error_rate, int | float):
+    if _is_number(error_rate):
         flat["error_rate"] = float(error_rate)
     return flat
 

@@ -9,15 +9,16 @@ from capplan.regression.sweep import SweepResult
 
 
 def plot_sweep(result: SweepResult, path: str | Path) -> Path:
-    """Writes a two-panel PNG (matplotlib Agg, no display needed) and returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Writes a two-panel PNG (matplotlib's Agg canvas: no display, no pyplot global state) and
+    returns its path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     points = result.points
     loads = [p.load for p in points]
-    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    ax_lat, ax_thr = fig.subplots(1, 2)
     for name, style in (
         ("p50_ttft_ms", "o-"),
         ("p95_ttft_ms", "o--"),
@@ -72,7 +73,6 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 

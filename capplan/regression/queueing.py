@@ -61,11 +61,6 @@ class QueueTail:
         decay = self._decay_rate()
         return math.log(self.p_wait / (1.0 - q)) / decay
 
-    def p_wait_exceeds(self, t_s: float) -> float:
-        if not self.stable:
-            return 1.0
-        return self.p_wait * math.exp(-self._decay_rate() * t_s)
-
     def _decay_rate(self) -> float:
         mu = 1.0 / self.service_time_s
         return (self.servers * mu - self.arrival_rate) * 2.0 / (1.0 + self.service_cv2)

@@ -27,8 +27,10 @@ class LoadedRun:
         return [r for r in self.records if r.step == step]
 
 
-def load_run(path: str | Path) -> LoadedRun:
-    """A run directory, or a summary.json with requests.jsonl (optional) beside it."""
+def load_run(path: str | Path, *, with_records: bool = True) -> LoadedRun:
+    """A run directory, or a summary.json with requests.jsonl (optional) beside it.
+
+    `with_records=False` reads the summary alone (a long run's records take seconds)."""
     p = Path(path)
     if p.is_dir():
         summary_path = p / SUMMARY_FILE
@@ -52,5 +54,6 @@ def load_run(path: str | Path) -> LoadedRun:
         raise InputError(f"'{summary_path}' is not valid JSON ({exc.msg}); regenerate it") from exc
     if not isinstance(summary, dict):
         raise InputError(f"'{summary_path}' is not a summary object; regenerate it")
-    records = read_records(records_path) if records_path.is_file() else []
+    read = with_records and records_path.is_file()
+    records = read_records(records_path) if read else []
     return LoadedRun(run_dir, summary, records)

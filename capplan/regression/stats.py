@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from capplan.loadtest.metrics import request_metrics
+from capplan.loadtest.metrics import RequestMetrics, request_metrics
 from capplan.loadtest.record import RequestRecord
 
 # Per-request figures that have a sample behind them; the names match `metrics.LATENCY_METRICS`.
@@ -28,11 +28,18 @@ def per_request_values(records: Iterable[RequestRecord], metric: str) -> np.ndar
 
     ITL pools every gap between content chunks; the other metrics give one value per request.
     """
+    return metric_values(measured_metrics(records), metric)
+
+
+def measured_metrics(records: Iterable[RequestRecord]) -> list[RequestMetrics]:
+    """Per-request figures of the successful, non-warmup requests: computed once, then read
+    for every metric with `metric_values`."""
+    return [request_metrics(r) for r in records if not r.warmup and r.ok]
+
+
+def metric_values(metrics: Iterable[RequestMetrics], metric: str) -> np.ndarray:
     values: list[float] = []
-    for record in records:
-        if record.warmup or not record.ok:
-            continue
-        m = request_metrics(record)
+    for m in metrics:
         if metric == "itl_ms":
             values.extend(m.itl_ms)
             continue

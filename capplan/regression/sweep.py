@@ -236,6 +236,15 @@ class SweepInterrupted(Exception):
 
 
 WORKLOAD_FILE = "sweep-workload.json"
+SWEEP_FILE = "sweep.json"
+
+
+def read_sweep(sweep: Path) -> tuple[Path, dict[str, Any]]:
+    """A finished sweep's sweep.json (given its directory or the file), and where it lies."""
+    path = sweep / SWEEP_FILE if sweep.is_dir() else sweep
+    if not path.is_file():
+        raise InputError(f"no sweep.json in '{sweep}'; run `capplan sweep --out DIR` first")
+    return path, json.loads(path.read_text(encoding="utf-8"))
 
 
 def check_workload(out_dir: Path, workload: Mapping[str, Any], *, resume: bool) -> None:
@@ -274,8 +283,10 @@ def run_sweep(
     resume: bool = True,
     on_point: Callable[[SweepPoint], None] | None = None,
     workload: Mapping[str, Any] | None = None,
+    plot: bool = False,
 ) -> SweepResult:
-    """Ladder, then bisection; writes sweep.json under `out_dir` and returns the result.
+    """Ladder, then bisection; writes sweep.json (and with `plot`, sweep.png) under `out_dir`
+    and returns the result.
 
     `workload` (what every point runs, load aside) guards a resume against mixing workloads.
     Raises `SweepInterrupted` when a point-run reports it was interrupted (Ctrl-C).
@@ -325,7 +336,11 @@ def run_sweep(
         repeats=spec.repeats,
         out_dir=str(out),
     )
-    (out / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    if plot and points:
+        from capplan.regression.plot import plot_sweep
+
+        result = replace(result, plot=str(plot_sweep(result, out / "sweep.png")))
+    (out / SWEEP_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     return result
 
 

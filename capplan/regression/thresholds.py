@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from capplan.errors import InputError
-from capplan.regression.metrics import flatten, is_latency, metric_name
+from capplan.loadtest.summary import step_blocks
+from capplan.regression.metrics import flatten, in_metric_unit, is_latency, parse_metric
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -24,7 +25,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _PATTERN = re.compile(
     r"""^\s*
-    (?:(?P<stat>[a-z0-9]+)\s*\(\s*(?P<metric>[a-z_0-9]+)\s*\)|(?P<scalar>[a-z_][a-z_0-9.]*))
+    (?P<metric>[a-z0-9]+\s*\(\s*[a-z_0-9]+\s*\)|[a-z_][a-z_0-9.]*)
     \s*(?P<op><=|>=|<|>)\s*
     (?P<number>[0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)
     \s*(?P<unit>ms|s|%)?\s*$""",
@@ -43,11 +44,6 @@ class Threshold:
 
     def holds(self, value: float) -> bool:
         return _OPS[self.op](value, self.limit)
-
-    @property
-    def upper_bound(self) -> bool:
-        """True for `<`/`<=`: the figure must stay below the limit."""
-        return self.op.startswith("<")
 
 
 @dataclass(frozen=True)
@@ -80,21 +76,11 @@ def parse_threshold(text: str) -> Threshold:
             f"cannot read threshold '{text}'; write e.g. 'p95(ttft_ms)<500', 'p95(e2e)<10s' "
             "or 'error_rate<1%'"
         )
-    if match["scalar"]:
-        metric = metric_name(None, match["scalar"])
-    else:
-        metric = metric_name(match["stat"], match["metric"])
-    limit = float(match["number"])
+    metric = parse_metric(match["metric"])
     unit = (match["unit"] or "").lower()
-    if is_latency(metric):
-        if unit == "%":
-            raise InputError(f"threshold '{text}': a latency takes ms or s, not %")
-        if unit == "s":
-            limit *= 1000.0
-    elif unit in ("ms", "s"):
-        raise InputError(f"threshold '{text}': '{metric}' is not a latency; drop the '{unit}'")
-    elif unit == "%":
-        limit /= 100.0
+    if is_latency(metric) and unit == "%":
+        raise InputError(f"threshold '{text}': a latency takes ms or s, not %")
+    limit = in_metric_unit(metric, float(match["number"]), unit, f"threshold '{text}'")
     return Threshold(expression=text.strip(), metric=metric, op=match["op"], limit=limit)
 
 
@@ -124,12 +110,11 @@ def evaluate(summary: Mapping[str, Any], expressions: Iterable[str]) -> list[Thr
     thresholds = parse_thresholds(expressions)
     steps = summary.get("steps")
     if isinstance(steps, list) and len(steps) > 1:
-        results: list[ThresholdResult] = []
-        for index, block in enumerate(steps):
-            if isinstance(block, Mapping):
-                label = str(block.get("step") or block.get("label") or index)
-                results.extend(evaluate_thresholds(block, thresholds, step=label))
-        return results
+        return [
+            result
+            for label, block in step_blocks(summary).items()
+            for result in evaluate_thresholds(block, thresholds, step=label)
+        ]
     return evaluate_thresholds(summary, thresholds)
 
 

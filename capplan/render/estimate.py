@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from capplan.estimate.memory_vllm import VLLM_REFERENCE
 from capplan.estimate.result import EstimateResult, ServerSettings, as_dict
-from capplan.estimate.units import format_bytes
+from capplan.units import format_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console

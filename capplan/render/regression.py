@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from capplan.regression.compare import Comparison, MetricComparison
 from capplan.regression.plan import ReplicaPlan
 from capplan.regression.sweep import SweepResult
-from capplan.regression.thresholds import ThresholdResult
 from capplan.regression.validate import Validation
 
 _VERDICT_STYLE = {
@@ -23,12 +21,6 @@ _VERDICT_STYLE = {
     "info": "dim",
     "missing": "yellow",
 }
-
-
-def stdout_console() -> Console:
-    """The terminal, or a wide console for a pipe or CI log so no column is squeezed."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
 
 
 def fmt(value: float | None, metric: str = "") -> str:
@@ -44,23 +36,6 @@ def fmt(value: float | None, metric: str = "") -> str:
     if abs(value) >= 10:
         return f"{value:.1f}"
     return f"{value:.2f}"
-
-
-def thresholds_table(results: Sequence[ThresholdResult]) -> Table:
-    table = Table(title="Thresholds", title_justify="left")
-    table.add_column("threshold")
-    if any(r.step for r in results):
-        table.add_column("step")
-    table.add_column("actual", justify="right")
-    table.add_column("result")
-    for r in results:
-        cells = [r.expression]
-        if any(x.step for x in results):
-            cells.append(r.step or "")
-        cells.append(fmt(r.actual, r.threshold.metric))
-        cells.append("[green]pass[/]" if r.passed else "[bold red]FAIL[/]")
-        table.add_row(*cells)
-    return table
 
 
 def comparison_table(comparison: Comparison) -> Group:

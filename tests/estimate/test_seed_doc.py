@@ -7,7 +7,7 @@ from pathlib import Path
 from capplan.estimate.estimator import EstimateRequest, estimate
 from capplan.estimate.gpu_spec import resolve_gpu
 from capplan.estimate.model_spec import resolve_model
-from capplan.estimate.units import format_bytes
+from capplan.units import format_bytes
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "estimator.md"
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from capplan.loadtest.launch import launched_server
 from capplan.loadtest.runner import RunResult, load_scenario, run_load
 from reference_server.emulated import EmulatedBackend
 
-from .conftest import ServerFactory, emulated_subprocess
+from .conftest import ServerFactory
 
 TTFT_MS, TPOT_MS = 50.0, 25.0
 
@@ -25,8 +26,13 @@ def _run(url: str, out: Path, **overrides: Any) -> RunResult:
 
 
 @pytest.fixture(scope="module")
-def timed_server() -> Iterator[str]:
-    with emulated_subprocess(TTFT_MS, TPOT_MS) as url:
+def timed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The emulated server in its own process: it then takes no GIL time from the client, so
+    timing tests measure the client's accuracy rather than a shared interpreter."""
+    args = ["--backend", "emulated", "--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS),
+            "--max-concurrent", "256", "--queue-size", "256"]  # fmt: skip
+    log = tmp_path_factory.mktemp("timed-server") / "server.log"
+    with launched_server(args, log_path=log, ready_timeout_s=60.0) as url:
         yield url
 
 

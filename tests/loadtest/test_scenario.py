@@ -6,7 +6,7 @@ import pytest
 
 from capplan.errors import InputError
 from capplan.loadtest.runner import load_scenario
-from capplan.loadtest.scenario import SCENARIO_DIR, build_config, parse_seconds
+from capplan.loadtest.scenario import SCENARIO_DIR, build_config
 
 SHIPPED = ("chat-short", "rag-long-prompt", "seed-rtx3080", "ci-smoke")
 
@@ -89,12 +89,6 @@ def test_unknown_scenario_names_the_shipped_ones() -> None:
 def test_unknown_scenario_key_is_refused() -> None:
     with pytest.raises(InputError, match="concurency"):
         build_config({"url": "http://a:1", "requests": 1, "concurency": 4})
-
-
-def test_durations_read_units() -> None:
-    assert parse_seconds("500ms", "d") == 0.5
-    assert parse_seconds("2m", "d") == 120
-    assert parse_seconds(3, "d") == 3
 
 
 def test_config_dict_records_seed_target_and_hides_the_api_key() -> None:

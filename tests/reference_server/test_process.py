@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from capplan.loadtest.child_process import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -132,18 +134,10 @@ def test_gunicorn_with_two_workers_serves() -> None:
         assert process.wait(30) == 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _redis() -> Iterator[str]:
     """A throwaway redis-server on 127.0.0.1; yields its URI."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"],

@@ -69,11 +69,9 @@ def test_unreachable_rate_limit_store_lets_requests_through_and_counts_it(
     emulated_server: ServerFactory,
 ) -> None:
     pytest.importorskip("coredis", reason="limits[async-redis] (coredis) not installed")
-    import socket
+    from capplan.loadtest.child_process import free_port
 
-    with socket.socket() as sock:  # a port nobody listens on: connections are refused at once
-        sock.bind(("127.0.0.1", 0))
-        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}"
+    dead = f"redis://127.0.0.1:{free_port()}"  # nobody listens there: refused at once
     server = emulated_server(rate_limit="1/minute", rate_limit_storage=dead)
     codes = [
         httpx.post(server.url + "/v1/completions", json=completion(), timeout=10).status_code

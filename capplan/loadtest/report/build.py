@@ -12,17 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from capplan.errors import InputError
-from capplan.loadtest.record import read_records
+from capplan.loadtest.record import RequestRecord, read_records
 from capplan.loadtest.summary import write_json
 
 REBUILT_NOTE = "summary rebuilt by `capplan report` from requests.jsonl"
 
 
-def build_reports(run_dir: Path, *, resummarize: bool = False) -> list[Path]:
+def build_reports(
+    run_dir: Path, *, resummarize: bool = False, records: list[RequestRecord] | None = None
+) -> list[Path]:
     """Write the reports; returns the paths written.
 
     `resummarize` recomputes summary.json from the records even when one exists, keeping its
-    config, environment and client self-check (which records alone do not hold).
+    config, environment and client self-check (which records alone do not hold). `records`:
+    the run's requests.jsonl already in memory (a load test that just wrote it), not read again.
     """
     from capplan.loadtest.report.content import build_content
     from capplan.loadtest.report.frame import read_telemetry, read_telemetry_meta, requests_frame
@@ -30,12 +33,8 @@ def build_reports(run_dir: Path, *, resummarize: bool = False) -> list[Path]:
     from capplan.loadtest.report.markdown import render_markdown
 
     run_dir = Path(run_dir)
-    records_path = run_dir / "requests.jsonl"
-    if not records_path.is_file():
-        raise InputError(
-            f"no requests.jsonl in {run_dir}; pass a directory written by `capplan loadtest`"
-        )
-    records = read_records(records_path)
+    if records is None:
+        records = _read_run_records(run_dir)
     written: list[Path] = []
     summary = _read_json(run_dir / "summary.json")
     if summary is None or resummarize:
@@ -72,6 +71,15 @@ def build_reports(run_dir: Path, *, resummarize: bool = False) -> list[Path]:
     html.write_text(render_html(content), encoding="utf-8")
     written += [markdown, html]
     return written
+
+
+def _read_run_records(run_dir: Path) -> list[RequestRecord]:
+    records_path = run_dir / "requests.jsonl"
+    if not records_path.is_file():
+        raise InputError(
+            f"no requests.jsonl in {run_dir}; pass a directory written by `capplan loadtest`"
+        )
+    return read_records(records_path)
 
 
 def _resummarize(records: list[Any], old: dict[str, Any] | None, run_id: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from capplan.loadtest.report import plots
-from capplan.loadtest.report.energy import energy_between, energy_columns
+from capplan.loadtest.report.energy import energy_between, energy_columns, joules_per_token
 from capplan.loadtest.report.frame import run_start
 from capplan.loadtest.report.timeline import timeline_figure
 
@@ -362,12 +362,15 @@ def _energy_by_step(
     out: dict[str, float | None] = {}
     for step in step_order:
         rows = measured[measured["step"] == step] if step else measured
-        tokens = int(rows["output_tokens"].sum()) if not rows.empty else 0
-        if tokens <= 0:
+        if rows.empty:
             out[step] = None
             continue
-        joules = energy_between(telemetry, float(rows["send"].min()), float(rows["end"].max()))
-        out[step] = joules / tokens if joules is not None else None
+        out[step] = joules_per_token(
+            telemetry,
+            float(rows["send"].min()),
+            float(rows["end"].max()),
+            output_tokens=int(rows["output_tokens"].sum()),
+        )
     return out
 
 

@@ -70,10 +70,9 @@ METRIC_COLUMNS: tuple[MetricColumn, ...] = (
 METRICS_COLUMNS: tuple[str, ...] = (*(c.column for c in METRIC_COLUMNS), "metrics_flavor")
 
 
-def parse_metrics(text: str) -> dict[str, object]:
-    """Prometheus exposition text -> the `metrics_*` columns found in it.
+def sample_values(text: str) -> dict[str, list[float]]:
+    """Prometheus exposition text -> every sample's value by sample name (one per label set).
 
-    `metrics_flavor` names the exporter family the values came from (`vllm`, `capplan`, `tgi`).
     Malformed text raises ValueError (from prometheus_client's parser).
     """
     from prometheus_client.parser import text_string_to_metric_families
@@ -82,6 +81,16 @@ def parse_metrics(text: str) -> dict[str, object]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             values[sample.name].append(float(sample.value))
+    return values
+
+
+def parse_metrics(text: str) -> dict[str, object]:
+    """Prometheus exposition text -> the `metrics_*` columns found in it.
+
+    `metrics_flavor` names the exporter family the values came from (`vllm`, `capplan`, `tgi`).
+    Malformed text raises ValueError (from prometheus_client's parser).
+    """
+    values = sample_values(text)
     row: dict[str, object] = {}
     flavors: set[str] = set()
     for spec in METRIC_COLUMNS:

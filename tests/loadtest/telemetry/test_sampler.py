@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from capplan.loadtest.child_process import free_port
 from capplan.loadtest.clock import RunClock
 from capplan.loadtest.telemetry.sampler import TelemetrySampler, best_gpu_figures
 from capplan.loadtest.telemetry.target import server_origin
@@ -179,9 +179,7 @@ def test_slow_target_does_not_hold_back_gpu_rows(tmp_path: Path, make_nvml: Any)
 
 
 def test_unreachable_target_is_reported_and_rows_continue(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    port = free_port()  # nothing listens there: connections are refused
     out = tmp_path / "t.csv"
     sampler = TelemetrySampler(
         RunClock(), out, target_url=f"http://127.0.0.1:{port}", interval_s=0.01, nvml=None

@@ -1,4 +1,8 @@
-"""Memory sizes and bandwidths as users type them: `24GiB`, `10240MiB`, `936GB/s`, `71`."""
+"""Quantities as users type them: sizes `24GiB`, bandwidths `936GB/s`, durations `2m`, `500ms`.
+
+The one reader of a number with a unit, for the estimator's flags, scenario files and load-test
+flags, and the latency limits of thresholds and compare.
+"""
 
 from __future__ import annotations
 
@@ -52,12 +56,27 @@ def parse_tflops(text: str, *, option: str = "--tflops") -> float:
     return float(match.group(1))
 
 
-def gib(num_bytes: float) -> float:
-    return num_bytes / 1024**3
+DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(_NUMBER + r"(ms|s|m|h)?\s*")
 
 
-def mib(num_bytes: float) -> float:
-    return num_bytes / 1024**2
+def parse_seconds(value: object, name: str) -> float:
+    """`60s`, `2m`, `500ms`, `1h` or a bare number (seconds) -> seconds, never negative."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value))
+        if match is None:
+            raise InputError(f"{name}: cannot read '{value}'; write e.g. 60s, 2m, 500ms")
+        seconds = float(match[1]) * DURATION_UNITS_S[match[2] or "s"]
+    if seconds < 0:
+        raise InputError(f"{name} must not be negative")
+    return seconds
+
+
+def milliseconds(number: float, unit: str) -> float:
+    """A latency written as NUMBER UNIT (`0.5` `s`) in ms; no unit means ms."""
+    return number * DURATION_UNITS_S[unit] * 1000.0 if unit else number
 
 
 def format_bytes(num_bytes: float) -> str:
