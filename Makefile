@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CAPPLAN := $(VENV)/bin/capplan
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test check lint typecheck unit install clean
+.PHONY: demo test check lint typecheck contracts unit install clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -27,12 +27,16 @@ lint: install
 typecheck: install
 	$(PY) -m mypy capplan reference_server
 
+# Import layers and boundaries (docs/architecture.md), lazy imports included.
+contracts: install
+	$(VENV)/bin/lint-imports --no-cache
+
 unit: install
 	$(PY) -m pytest -q
 
-check: lint typecheck
+check: lint typecheck contracts
 
-test: lint typecheck unit
+test: lint typecheck contracts unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

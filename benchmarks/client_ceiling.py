@@ -3,7 +3,7 @@ with a median TTFT error under 2 ms.
 
     .venv/bin/python benchmarks/client_ceiling.py [--server raw|reference] [--levels 16,64,...]
 
-The client (capplan's httpx engine, `capplan.loadtest.ceiling`) is pinned to one core. The
+The client (capplan's httpx engine, `capplan.loadtest.httpx.ceiling`) is pinned to one core. The
 server runs in its own process on the other cores:
 - `raw` (default): a minimal asyncio OpenAI-style server in this file with exact timing
   (tokens on absolute deadlines, ~20 µs a request), so the figure is the client's own limit;
@@ -126,7 +126,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     args = parser.parse_args()
 
-    from capplan.loadtest.ceiling import CeilingResult, measure_requests_per_s, measure_streams
+    from capplan.loadtest.httpx.ceiling import (
+        CeilingResult,
+        measure_requests_per_s,
+        measure_streams,
+    )
 
     cpus = sorted(os.sched_getaffinity(0))
     client_cpu, server_cpus = cpus[0], set(cpus[1:]) or {cpus[0]}

@@ -25,9 +25,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from capplan.loadtest.httpx.run import run_load  # noqa: E402
 from capplan.loadtest.launch import launched_server  # noqa: E402
-from capplan.loadtest.locust_engine import LocustOptions, run_locust  # noqa: E402
-from capplan.loadtest.runner import run_load  # noqa: E402
+from capplan.loadtest.locust.engine import LocustOptions, run_locust  # noqa: E402
 from capplan.loadtest.scenario import LoadConfig, build_config  # noqa: E402
 
 ENGINES = ("httpx", "locust-1-worker", "locust-2-workers", "locust-local")

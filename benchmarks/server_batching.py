@@ -183,11 +183,11 @@ async def backend_contender(
         return backend_generate(backend, args.max_tokens)
     import httpx
 
+    from capplan.settings import ServerSettings
     from reference_server.app import create_app
-    from reference_server.config import ServerConfig
     from reference_server.testing import serve_in_thread
 
-    config = ServerConfig(max_concurrent=16, queue_size=64, max_tokens_cap=4096)
+    config = ServerSettings(max_concurrent=16, queue_size=64, max_tokens_cap=4096)
     base_url = stack.enter_context(serve_in_thread(create_app(config, backend)))
     client = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=300))
     return http_generate(client, args.max_tokens, load_tokenizer())

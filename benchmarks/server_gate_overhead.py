@@ -28,13 +28,13 @@ def serve(mode: str) -> None:
     sys.path.insert(0, str(REPO))
     import uvicorn
 
+    from capplan.settings import ServerSettings
     from reference_server.app import create_app
-    from reference_server.config import ServerConfig
     from reference_server.emulated import EmulatedBackend, EmulatedTiming
     from reference_server.testing import bind_socket
 
     # The gate never blocks here (64 slots): what is measured is the cost of passing it.
-    config = ServerConfig(
+    config = ServerSettings(
         backend="emulated", max_concurrent=64, queue_size=64, rate_limit="100000000/minute"
     )
     backend = EmulatedBackend(EmulatedTiming(ttft_ms=0, tpot_ms=0))

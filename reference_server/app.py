@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
+from capplan.settings import ServerSettings
 from reference_server.backend import Backend, GenerationRequest, TokenDelta
-from reference_server.config import ServerConfig
 from reference_server.generation import ApiError, GenerationRun
 from reference_server.openai_schema import ChatCompletionRequest, CompletionRequest, error_body
 from reference_server.responses import SSE_DONE, AnswerShape, Kind, sse
@@ -187,7 +187,7 @@ async def _stream(
 
 
 def create_app(
-    config: ServerConfig, backend: Backend, *, cuda: Any = None, admission: bool = True
+    config: ServerSettings, backend: Backend, *, cuda: Any = None, admission: bool = True
 ) -> FastAPI:
     """The server for `backend` under `config`. `cuda`: a torch.cuda-like object for the VRAM
     guard (default: torch.cuda, imported only when the backend runs on cuda). `admission=False`

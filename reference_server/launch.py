@@ -1,4 +1,4 @@
-"""Build the backend and the app from a ServerConfig, and run them under uvicorn or gunicorn.
+"""Build the backend and the app from a ServerSettings, and run them under uvicorn or gunicorn.
 
 SIGTERM: uvicorn stops accepting connections at once, /ready turns 503, in-flight requests
 (queued ones included) finish within `drain_timeout_s`, then the backend closes. Under
@@ -16,14 +16,14 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from reference_server.config import ServerConfig
+from capplan.settings import ServerSettings
 
 CONFIG_ENV = "CAPPLAN_SERVER_CONFIG_JSON"  # the resolved config, handed to gunicorn workers
 DEFAULT_EMULATED_TTFT_MS = 50.0
 DEFAULT_EMULATED_TPOT_MS = 10.0
 
 
-def build_backend(config: ServerConfig) -> Any:
+def build_backend(config: ServerSettings) -> Any:
     """The backend `config` names. Heavy imports happen only for the one chosen."""
     if config.backend == "emulated":
         from reference_server.emulated import EmulatedBackend, EmulatedTiming, timing_from_catalog
@@ -58,7 +58,7 @@ def build_backend(config: ServerConfig) -> Any:
     )
 
 
-def build_app(config: ServerConfig) -> Any:
+def build_app(config: ServerSettings) -> Any:
     """The app of a server process (uvicorn or a gunicorn worker)."""
     from prometheus_client import disable_created_metrics
 
@@ -77,11 +77,50 @@ def app_from_environment() -> Any:
 
     raw = os.environ.get(CONFIG_ENV)
     if raw:
-        return build_app(ServerConfig(**json.loads(raw)))
+        return build_app(ServerSettings(**json.loads(raw)))
     return build_app(resolve_config(environ=os.environ))
 
 
-def run_uvicorn(config: ServerConfig, on_listening: Callable[[str], None]) -> None:
+def serve(settings: ServerSettings, say: Callable[[str], None]) -> None:
+    """Run the server `settings` describe; `say` prints the start banner once it listens."""
+
+    def on_listening(url: str) -> None:
+        say("\n".join(start_banner(settings, url)))
+
+    if settings.server == "gunicorn":
+        run_gunicorn(settings, on_listening)
+    else:
+        run_uvicorn(settings, on_listening)
+
+
+def start_banner(settings: ServerSettings, url: str) -> list[str]:
+    """What the server says once it listens: where, how, and every limit in force."""
+    from reference_server.config import limits_in_force
+
+    procs = f"{settings.workers} workers" if settings.server == "gunicorn" else "1 process"
+    lines = [
+        f"capplan serve: {url}  (backend {settings.backend}, {settings.server}, {procs})",
+        f"  OpenAI API: {url}/v1   docs: {url}/docs   metrics: {url}/metrics",
+    ]
+    if settings.server == "gunicorn" and settings.workers > 1:
+        lines.append(
+            "  /metrics sums every worker; /stats and /ready describe only the worker that "
+            "answers (its pid is in /stats)"
+        )
+    lines.append("  limits in force:")
+    limits = limits_in_force(settings)
+    shown = [str("none" if limit.value is None else limit.value) for limit in limits]
+    width = max(12, *(len(value) for value in shown))
+    scope_width = max(len(limit.scope) for limit in limits)
+    for limit, value in zip(limits, shown, strict=True):
+        scope = f"{limit.scope:<{scope_width}}"
+        lines.append(f"    {limit.name:<18} {value:<{width}} {scope} [{limit.source}]")
+    if settings.api_key:
+        lines.append("  API key required (Authorization: Bearer ...)")
+    return lines
+
+
+def run_uvicorn(config: ServerSettings, on_listening: Callable[[str], None]) -> None:
     import uvicorn
 
     from reference_server.testing import bind_socket
@@ -116,7 +155,7 @@ def run_uvicorn(config: ServerConfig, on_listening: Callable[[str], None]) -> No
         sock.close()
 
 
-def run_gunicorn(config: ServerConfig, on_listening: Callable[[str], None]) -> None:
+def run_gunicorn(config: ServerSettings, on_listening: Callable[[str], None]) -> None:
     # Before anything imports prometheus_client: workers then write metrics to shared files
     # and /metrics sums every worker.
     own_dir = None
@@ -144,7 +183,7 @@ def run_gunicorn(config: ServerConfig, on_listening: Callable[[str], None]) -> N
             shutil.rmtree(own_dir, ignore_errors=True)
 
 
-def gunicorn_settings(config: ServerConfig) -> dict[str, Any]:
+def gunicorn_settings(config: ServerSettings) -> dict[str, Any]:
     return {
         "bind": [f"{config.host}:{config.port}"],
         "workers": config.workers,

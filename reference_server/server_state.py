@@ -16,9 +16,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from capplan.settings import ServerSettings
 from reference_server.admission import AdmissionGate, OpenGate, Rejected
 from reference_server.backend import Backend, GenerationRequest
-from reference_server.config import ServerConfig
 from reference_server.generation import ApiError, GenerationRun
 from reference_server.metrics import ServerMetrics, multiprocess_dir
 from reference_server.openai_schema import (
@@ -40,7 +40,7 @@ class ServerState:
     """Everything one app instance owns. Lives on `app.state.server`."""
 
     def __init__(
-        self, config: ServerConfig, backend: Backend, cuda: Any, admission: bool = True
+        self, config: ServerSettings, backend: Backend, cuda: Any, admission: bool = True
     ) -> None:
         self.config = config
         self.backend = backend

@@ -8,28 +8,24 @@ Its text is gibberish; its shapes, cache, batching and streaming are those of a 
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from capplan.embedded_tokenizer import (
+    IM_END,
+    IM_START,
+    MAX_CONTEXT,
+    PAD_TOKEN,
+    UNK_TOKEN,
+    load_tokenizer,
+    vocabulary,
+)
+
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
 MODEL_ID = "capplan-tiny-qwen3"
 SEED = 20240611
-MAX_CONTEXT = 4096
-
-UNK_TOKEN = "<unk>"
-PAD_TOKEN = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"  # end of turn: the eos token, as in Qwen chat checkpoints
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 # Small enough that CPU generation takes about a millisecond a step, shaped like Qwen3
 # (grouped-query attention, q/k norms, untied head).
@@ -54,39 +50,12 @@ _SPECIAL_SUPPRESSION = 8.0
 _SPECIAL_TOKENS = (UNK_TOKEN, PAD_TOKEN, IM_START, IM_END)
 
 
-def _vocabulary() -> list[str]:
-    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]  # printable ASCII, \t and \n
-    return [UNK_TOKEN, PAD_TOKEN, IM_START, IM_END, *chars]
-
-
-def load_tokenizer() -> PreTrainedTokenizerFast:
-    """The embedded model's tokenizer. Cheap: imports no torch model and builds no weights."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(_vocabulary())}
-    # No merges: BPE over single characters, so one character is one token.
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK_TOKEN))
-    core.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token=UNK_TOKEN,
-        pad_token=PAD_TOKEN,
-        eos_token=IM_END,
-        additional_special_tokens=[IM_START],
-        padding_side="left",
-        model_max_length=MAX_CONTEXT,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
 def build_model() -> Qwen3ForCausalLM:
     """The embedded model with its seeded weights, in eval mode on cpu (float32)."""
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    vocab = _vocabulary()
+    vocab = vocabulary()
     eos_id = vocab.index(IM_END)
     config = Qwen3Config(
         vocab_size=len(vocab),

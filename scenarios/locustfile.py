@@ -32,9 +32,9 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from capplan.loadtest.clock import RunClock
-from capplan.loadtest.locust_job import LocustJob
-from capplan.loadtest.locust_process import Collector, FileSink, ShippingSink
-from capplan.loadtest.locust_user import (
+from capplan.loadtest.locust.job import LocustJob
+from capplan.loadtest.locust.process import Collector, FileSink, ShippingSink
+from capplan.loadtest.locust.user import (
     RecordSink,
     discover_model,
     hostname,
@@ -75,9 +75,9 @@ class _Plan:
     """Per process: the scenario's request bodies, the HTTP pool, where records go."""
 
     def __init__(self, environment: Environment) -> None:
-        from capplan.loadtest.httpx_engine import auth_headers
-        from capplan.loadtest.locust_engine import build_jobs
-        from capplan.loadtest.runner import load_scenario
+        from capplan.loadtest.locust.engine import build_jobs
+        from capplan.loadtest.request import auth_headers
+        from capplan.loadtest.run import load_scenario
 
         options = _options(environment)
         host = (environment.host or "").rstrip("/")
@@ -89,7 +89,7 @@ class _Plan:
         self.clock = RunClock()
         self.client = HTTPClient.from_url(
             self.job.url,
-            concurrency=10_000,  # never queue inside the client: see locust_user.OPEN_LOOP_POOL
+            concurrency=10_000,  # never queue inside the client: see locust.user.OPEN_LOOP_POOL
             connection_timeout=self.job.timeout_s,
             network_timeout=self.job.timeout_s,
         )
@@ -173,9 +173,8 @@ def _on_quit(exit_code: int, **_: Any) -> None:
 
 
 def _write_summary(records_path: Path, environment: Environment) -> None:
-    from capplan.loadtest.locust_engine import apply_locust_block
-    from capplan.loadtest.runner import load_scenario
-    from capplan.loadtest.summary import summarize, write_json
+    from capplan.loadtest.run import load_scenario
+    from capplan.loadtest.summary import apply_engine_block, summarize, write_json
 
     options = _options(environment)
     config = load_scenario(options.capplan_scenario, {"url": environment.host}).to_dict()
@@ -199,5 +198,6 @@ def _write_summary(records_path: Path, environment: Environment) -> None:
             }
         ],
     }
-    apply_locust_block(summary, block)  # the `locust` block and each step's load_model_run
+    # the `locust` block and each step's load_model_run
+    apply_engine_block(summary, "locust", block)
     write_json(records_path.parent / "summary.json", summary)

@@ -70,6 +70,8 @@ def models(
 ) -> None:
     """Models: the config.json fields the estimator uses, KV per token, source."""
     from capplan.catalog import loader
+    from capplan.estimate.kv_cache import kv_bytes_per_token, kv_dtype_bytes
+    from capplan.estimate.model_spec import spec_from_entry
 
     _check_format(output_format)
     entries = list(loader.models().values())
@@ -88,8 +90,10 @@ def models(
         table.add_column(column, no_wrap=True)
     table.add_column("notes", overflow="fold", ratio=1)
     for e in entries:
-        head_dim = e.head_dim or e.hidden // e.heads
-        kv = 2 * e.layers * e.kv_heads * head_dim * 2
+        spec = spec_from_entry(e)
+        head_dim = spec.head_dim
+        # Per token while no sliding window is full, in the model's own dtype.
+        kv = kv_bytes_per_token(spec, kv_dtype_bytes(spec.dtype))
         notes = [f"window {e.sliding_window} ({e.sliding_layers})"] if e.sliding_window else []
         notes += [_checked(e.check)] if e.check else []
         table.add_row(
@@ -105,7 +109,10 @@ def models(
         )
     console = Console()
     console.print(table)
-    console.print("head_dim in parentheses: hidden / heads (no head_dim in config.json)")
+    console.print(
+        "head_dim in parentheses: hidden / heads (no head_dim in config.json); KV/tok in the "
+        "model's dtype, before any sliding window is full"
+    )
     console.print("Sources", style="bold")
     for e in entries:
         checks = "".join(f"; (check) {c}" for c in e.check)

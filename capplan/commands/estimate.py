@@ -62,7 +62,7 @@ def estimate(
         0.03, "--margin", help="Safety margin, fraction of GPU memory (hf runtime)."
     ),
     gpu_memory_utilization: float = typer.Option(
-        0.92,  # vLLM's current default (vllm/config/cache.py); 0.9 before
+        0.92,  # capplan.estimate.options.DEFAULT_GPU_MEMORY_UTILIZATION (vLLM's current default)
         "--gpu-memory-utilization",
         help="vLLM's share of GPU memory (vLLM's default: 0.92; older releases 0.9).",
     ),
@@ -128,7 +128,7 @@ def estimate(
             tflops=tflops,
         )
         if emit is not None:
-            from capplan.estimate.server_settings import check_emit_format
+            from capplan.settings import check_emit_format
 
             check_emit_format(emit[0])
     except InputError as exc:
@@ -139,40 +139,9 @@ def estimate(
 
 
 def _run(**options: Any) -> EstimateResult:
-    from capplan.estimate.capacity import VllmOptions
-    from capplan.estimate.estimator import EstimateRequest
-    from capplan.estimate.estimator import estimate as run_estimate
-    from capplan.estimate.gpu_spec import resolve_gpu
-    from capplan.estimate.model_spec import resolve_model
+    from capplan.estimate.options import EstimateOptions, estimate_from_options
 
-    o = options
-    gpu_spec = resolve_gpu(
-        o["gpu"], vram=o["vram"], bandwidth=o["bandwidth"], tflops=o["tflops"], cores=o["cores"]
-    )
-    resolved = resolve_model(
-        o["model"], quant=o["quant"], group_size=o["group_size"], double_quant=o["double_quant"]
-    )
-    return run_estimate(
-        EstimateRequest(
-            gpu=gpu_spec,
-            model=resolved,
-            prompt_tokens=o["prompt_tokens"],
-            max_tokens=o["max_tokens"],
-            runtime=o["runtime"],
-            kv_dtype=o["kv_dtype"],
-            gpus=o["gpus"],
-            tp=o["tp"],
-            margin=o["margin"],
-            target_concurrency=o["target_concurrency"],
-            clients=o["clients"],
-            vllm=VllmOptions(
-                gpu_memory_utilization=o["gpu_memory_utilization"],
-                max_model_len=o["max_model_len"],
-                max_num_seqs=o["max_num_seqs"],
-                max_num_batched_tokens=o["max_num_batched_tokens"],
-            ),
-        )
-    )
+    return estimate_from_options(EstimateOptions(**options))
 
 
 def _render(result: EstimateResult, output_format: str) -> None:
@@ -203,12 +172,12 @@ def _command_line(model: str, gpu: str | None, quant: str | None, result: Estima
 
 def _emit(result: EstimateResult, fmt: str, path: Path, source: str) -> None:
     from capplan.errors import InputError
-    from capplan.estimate.server_settings import write_settings
+    from capplan.settings import write
 
     if not result.fits:
         raise _fail(f"the deployment does not fit (see above); nothing written to {path}")
     try:
-        write_settings(result.settings, fmt, path, source)
+        write(result.settings.emitted(), fmt, path, source)
     except InputError as exc:
         raise _fail(str(exc)) from None
     print(f"wrote {fmt} settings to {path}", file=sys.stderr)

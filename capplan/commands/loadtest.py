@@ -111,7 +111,7 @@ def loadtest(
     from rich.console import Console
 
     from capplan.errors import InputError
-    from capplan.loadtest.runner import load_scenario
+    from capplan.loadtest.run import load_scenario
     from capplan.render.console import stdout_console
     from capplan.render.loadtest import LiveProgress, print_result
 
@@ -206,11 +206,11 @@ def _runner(
     from capplan.errors import InputError
 
     if engine == "httpx":
-        from capplan.loadtest.runner import run_load
+        from capplan.loadtest.httpx.run import run_load
 
         return run_load
     if engine == "locust":
-        from capplan.loadtest.locust_engine import LocustOptions, run_locust
+        from capplan.loadtest.locust.engine import LocustOptions, run_locust
 
         options = LocustOptions(
             workers=workers,

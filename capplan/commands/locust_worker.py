@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         once: bool = typer.Option(False, "--once", help="Serve one load step, then exit."),
     ) -> None:
         """Run a Locust worker for `capplan loadtest --engine locust --locust-remote-workers N`."""
-        from capplan.loadtest.locust_engine import worker_command
+        from capplan.loadtest.locust.engine import worker_command
 
         command = worker_command(master, master_port)
         typer.echo(f"locust worker: serving {master}:{master_port} (Ctrl-C to stop)", err=True)

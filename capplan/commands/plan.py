@@ -41,7 +41,7 @@ def plan(
 ) -> None:
     """Replicas (and GPUs) for --rate, from a measured run, a sweep, or an estimate."""
     from capplan.errors import InputError
-    from capplan.regression.plan import plan_replicas
+    from capplan.planning.plan import plan_replicas
     from capplan.regression.thresholds import parse_thresholds
     from capplan.render.console import stdout_console
     from capplan.render.regression import plan_table
@@ -74,7 +74,7 @@ def plan(
 
 def _profile_from_run(run_dir: Path, concurrency: int | None) -> Any:
     from capplan.errors import InputError
-    from capplan.regression.plan import profile_from_run
+    from capplan.planning.plan import profile_from_run
     from capplan.regression.runs import load_run
     from capplan.regression.stats import per_request_values
 
@@ -102,7 +102,7 @@ def _run_concurrency(summary: dict[str, Any]) -> int | None:
 
 def _profile_from_sweep(sweep_dir: Path, concurrency: int | None) -> Any:
     from capplan.errors import InputError
-    from capplan.regression.sweep import read_sweep
+    from capplan.planning.sweep import read_sweep
 
     path, data = read_sweep(sweep_dir)
     if data.get("axis") != "concurrency":
@@ -124,7 +124,7 @@ def _profile_from_repeats(
 ) -> Any:
     """A point measured several times: the sweep's median figures, every repeat's requests."""
     from capplan.errors import InputError
-    from capplan.regression.plan import ServiceProfile, service_cv2
+    from capplan.planning.plan import ServiceProfile, service_cv2
     from capplan.regression.runs import load_run
     from capplan.regression.stats import per_request_values
 
@@ -147,18 +147,13 @@ def _profile_from_estimate(
     """The estimator's own figures: its recommended max_concurrent (KV fit, capped where decode
     turns compute bound) as the slots, and its roofline step with the batch's matmul floor."""
     from capplan.errors import InputError
-    from capplan.estimate.estimator import EstimateRequest, estimate
-    from capplan.estimate.gpu_spec import resolve_gpu
-    from capplan.estimate.model_spec import resolve_model
+    from capplan.estimate.options import EstimateOptions, estimate_from_options
     from capplan.estimate.service_timing import service_timing
-    from capplan.regression.plan import profile_from_timing
+    from capplan.planning.plan import profile_from_timing
 
-    result = estimate(
-        EstimateRequest(
-            gpu=resolve_gpu(gpu),
-            model=resolve_model(model, quant=quant),
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
+    result = estimate_from_options(
+        EstimateOptions(
+            model=model, gpu=gpu, quant=quant, prompt_tokens=prompt_tokens, max_tokens=max_tokens
         )
     )
     if result.concurrency < 1:

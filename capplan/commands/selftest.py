@@ -28,7 +28,7 @@ def selftest(
     from rich.console import Console
 
     from capplan.errors import InputError
-    from capplan.loadtest.ceiling import measure_ceiling
+    from capplan.loadtest.httpx.ceiling import measure_ceiling
     from capplan.render.loadtest import ceiling_table
 
     try:
@@ -47,13 +47,13 @@ def selftest(
 def _emulated(server: str, ttft_ms: float, tpot_ms: float):  # type: ignore[no-untyped-def]
     limits = {"max_concurrent": 4096, "queue_size": 4096, "max_tokens_cap": 4096}
     if server == "thread":
+        from capplan.settings import ServerSettings
         from reference_server.app import create_app
-        from reference_server.config import ServerConfig
         from reference_server.emulated import EmulatedBackend, EmulatedTiming
         from reference_server.testing import serve_in_thread
 
         backend = EmulatedBackend(EmulatedTiming(ttft_ms=ttft_ms, tpot_ms=tpot_ms))
-        config = ServerConfig(
+        config = ServerSettings(
             backend="emulated", max_concurrent=4096, queue_size=4096, max_tokens_cap=4096
         )
         return serve_in_thread(create_app(config, backend))

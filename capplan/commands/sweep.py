@@ -63,8 +63,9 @@ def sweep(
     from rich.console import Console
 
     from capplan.errors import InputError
-    from capplan.loadtest.runner import launched_target, load_scenario, run_load
-    from capplan.regression.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
+    from capplan.loadtest.httpx.run import run_load
+    from capplan.loadtest.run import launched_target, load_scenario
+    from capplan.planning.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
     from capplan.render.console import stdout_console
     from capplan.render.regression import sweep_table
 

@@ -38,15 +38,15 @@ def validate(
     import time
 
     from capplan.errors import InputError
-    from capplan.regression.runs import load_run
-    from capplan.regression.validate import (
+    from capplan.planning.validate import (
         WorkloadShape,
         estimated_figures,
         measured_figures,
     )
-    from capplan.regression.validate import (
+    from capplan.planning.validate import (
         validate as side_by_side,
     )
+    from capplan.regression.runs import load_run
     from capplan.render.console import stdout_console
     from capplan.render.regression import validation_table
 
@@ -116,16 +116,14 @@ def _check_same_workload(config: dict[str, Any], shape: Any, run: Path) -> None:
 
 def _estimate(gpu: str, model: str, shape: Any) -> tuple[Any, Any]:
     """Service timing, and the estimator's result for this workload (memory terms, concurrency)."""
-    from capplan.estimate.estimator import EstimateRequest, estimate
-    from capplan.estimate.gpu_spec import resolve_gpu
-    from capplan.estimate.model_spec import resolve_model
+    from capplan.estimate.options import EstimateOptions, estimate_from_options
     from capplan.estimate.service_timing import service_timing
 
     timing = service_timing(gpu, model)
-    result = estimate(
-        EstimateRequest(
-            gpu=resolve_gpu(gpu),
-            model=resolve_model(model),
+    result = estimate_from_options(
+        EstimateOptions(
+            model=model,
+            gpu=gpu,
             prompt_tokens=shape.prompt_tokens,
             max_tokens=shape.output_tokens,
         )
@@ -136,7 +134,8 @@ def _estimate(gpu: str, model: str, shape: Any) -> tuple[Any, Any]:
 def _measure(
     run_dir: Path, gpu: str, model: str, shape: Any, requests: int, url: str | None
 ) -> None:
-    from capplan.loadtest.runner import load_scenario, run_load
+    from capplan.loadtest.httpx.run import run_load
+    from capplan.loadtest.run import load_scenario
 
     overrides: dict[str, Any] = {
         "requests": requests,
@@ -164,7 +163,7 @@ def _sweep_safe(sweep_dir: Path) -> float | None:
     safe point says nothing about memory.
     """
     from capplan.errors import InputError
-    from capplan.regression.sweep import read_sweep
+    from capplan.planning.sweep import read_sweep
 
     _, data = read_sweep(sweep_dir)
     if data.get("axis") != "concurrency":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 from capplan.catalog import loader
+from capplan.devices import list_devices, load_nvml
 from capplan.errors import InputError
 from capplan.units import parse_bandwidth, parse_bytes, parse_tflops
 
@@ -127,40 +127,19 @@ def match_catalog_name(device_name: str, total_bytes: int) -> loader.GpuEntry | 
     return max(scored, key=lambda item: (item[0], item[1]))[2]
 
 
-def _load_nvml() -> Any:
-    try:
-        return importlib.import_module("pynvml")
-    except ImportError:
-        raise InputError(
-            "--gpu auto needs NVML (pip install nvidia-ml-py); or name a GPU, e.g. --gpu rtx3080"
-        ) from None
-
-
 def detect_gpus(nvml: Any = None) -> list[tuple[str, int]]:
     """(name, total bytes) of every GPU NVML sees; InputError when it sees none."""
-    nvml = nvml if nvml is not None else _load_nvml()
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-        raise InputError(
-            f"--gpu auto found no NVIDIA driver ({exc}); name a GPU instead, e.g. --gpu rtx3080"
-        ) from None
-    try:
-        count = nvml.nvmlDeviceGetCount()
-        found = []
-        for index in range(count):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            name = nvml.nvmlDeviceGetName(handle)
-            if isinstance(name, bytes):
-                name = name.decode()
-            found.append((str(name), int(nvml.nvmlDeviceGetMemoryInfo(handle).total)))
-    finally:
-        shutdown = getattr(nvml, "nvmlShutdown", None)
-        if shutdown is not None:
-            shutdown()
-    if not found:
-        raise InputError("--gpu auto found no GPU; name one instead, e.g. --gpu rtx3080")
-    return found
+    if nvml is None:
+        nvml = load_nvml()
+        if nvml is None:
+            raise InputError(
+                "--gpu auto needs NVML (pip install nvidia-ml-py); or name a GPU, e.g. "
+                "--gpu rtx3080"
+            )
+    devices, why = list_devices(nvml)
+    if not devices:
+        raise InputError(f"--gpu auto found {why}; name a GPU instead, e.g. --gpu rtx3080")
+    return [(d.name, d.memory_total_bytes) for d in devices]
 
 
 def resolve_gpu(

@@ -17,7 +17,8 @@ from capplan.estimate.capacity import (
 )
 from capplan.estimate.gpu_spec import GpuSpec, from_catalog
 from capplan.estimate.quantization import QuantScheme, parse_quant
-from capplan.estimate.result import Alternative, ServerSettings, Timing, Workload
+from capplan.estimate.result import Alternative, Timing, Workload
+from capplan.settings import ServerSettings
 from capplan.units import format_bytes
 
 # Schemes to try, smallest weights last, when the chosen one does not fit.

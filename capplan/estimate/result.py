@@ -11,6 +11,7 @@ from capplan.estimate.gpu_spec import GpuSpec
 from capplan.estimate.memory_hf import HfBudget
 from capplan.estimate.memory_vllm import VllmBudget
 from capplan.estimate.quantization import QuantScheme, WeightStorage
+from capplan.settings import ServerSettings
 
 # Bump the minor version for added fields, the major one for renamed or removed fields.
 # Documented in docs/estimate-schema.md.
@@ -81,25 +82,6 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class ServerSettings:
-    """The keys `capplan serve` reads (architecture.md, "server settings")."""
-
-    max_concurrent: int
-    queue_size: int
-    queue_timeout_s: int
-    request_timeout_s: int
-    max_tokens_cap: int
-    max_context: int
-    rate_limit: str
-    vram_guard: float
-    max_batch: int
-    batch_wait_ms: int
-    workers: int
-    threads: int
-    drain_timeout_s: int
-
-
-@dataclass(frozen=True)
 class Alternative:
     """One change that would make the deployment fit, with its numbers."""
 
@@ -143,6 +125,8 @@ class EstimateResult:
 def as_dict(result: EstimateResult) -> dict[str, Any]:
     """The documented JSON form (docs/estimate-schema.md)."""
     data = dataclasses.asdict(result)
+    # The settings `--emit` writes (the rest of the server's settings are its own defaults).
+    data["settings"] = result.settings.emitted()
     # Per-layer windows only matter for windowed models; [] means full attention everywhere.
     windows = result.model.layer_windows
     data["model"]["layer_windows"] = list(windows) if result.model.has_sliding_window else []

@@ -122,7 +122,7 @@ def load_tokenizer(spec: str | None) -> Tokenizer | None:
         return None
     if spec == "embedded":
         try:
-            from reference_server.tiny_model import load_tokenizer as load_embedded
+            from capplan.embedded_tokenizer import load_tokenizer as load_embedded
         except ImportError as exc:
             raise InputError(f"the embedded tokenizer is not available ({exc})") from None
         return HFTokenizer(load_embedded(), "embedded")

@@ -132,3 +132,15 @@ def server_view(
         "before": dict(before),
         "after": dict(after),
     }
+
+
+def attach_server_view(
+    summary: dict[str, Any],
+    before: Mapping[str, float] | None,
+    after: Mapping[str, float] | None,
+    records: list[RequestRecord],
+) -> None:
+    """`server_view` in the summary: the server's own means beside the client's."""
+    view = server_view(before, after, records)
+    if view is not None:
+        summary["server_view"] = view

@@ -8,7 +8,6 @@ warmup requests (flagged by the engine by event time) are counted apart and excl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from capplan import __version__
+from capplan.devices import list_devices
 from capplan.loadtest.metrics import RequestMetrics, request_metrics, stats
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.scenario import LoadConfig, Slo
@@ -100,6 +100,33 @@ def attach_load_model_runs(summary: dict[str, Any], runs: Mapping[str, Mapping[s
             block["load_model_run"] = dict(runs[block["step"]])
     if len(summary["steps"]) == 1 and "load_model_run" in summary["steps"][0]:
         summary["load_model_run"] = summary["steps"][0]["load_model_run"]
+
+
+def apply_engine_block(summary: dict[str, Any], engine: str, block: Mapping[str, Any]) -> None:
+    """Adds an engine's own block (e.g. `locust`) to a summary built from the records, with what
+    it implies: each step's `load_model_run` (`steps[].mode/how`), and a step's `problem` as a
+    reason the run is not valid.
+
+    `capplan report --resummarize` calls it again with the block it found, so nothing is lost.
+    """
+    summary[engine] = dict(block)
+    steps = [s for s in block.get("steps", []) if isinstance(s, dict) and "step" in s]
+    attach_load_model_runs(
+        summary,
+        {
+            s["step"]: load_model_run(engine, s["mode"], s["how"])
+            for s in steps
+            if "mode" in s and "how" in s
+        },
+    )
+    for step in steps:
+        if step.get("problem"):
+            summary["valid"] = False
+            summary["reasons"].append(f"{engine} {step['step']}: {step['problem']}")
+
+
+# The engines whose own block a summary may carry (`apply_engine_block`).
+ENGINE_BLOCKS = ("locust",)
 
 
 def load_model_runs_of(summary: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -316,28 +343,8 @@ def collect_environment() -> dict[str, Any]:
 
 
 def _nvml_gpus() -> list[dict[str, Any]]:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no library, no GPU: all mean "none"
-        return []
-    try:
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            gpus.append(
-                {
-                    "index": index,
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "memory_total_bytes": int(memory.total),
-                }
-            )
-        return gpus
-    except Exception:
-        return []
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
+    devices, _ = list_devices()
+    return [
+        {"index": d.index, "name": d.name, "memory_total_bytes": d.memory_total_bytes}
+        for d in devices
+    ]

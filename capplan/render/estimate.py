@@ -6,11 +6,12 @@ Table and Markdown share one list of sections, so both always show the same term
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from capplan.estimate.memory_vllm import VLLM_REFERENCE
-from capplan.estimate.result import EstimateResult, ServerSettings, as_dict
+from capplan.estimate.result import EstimateResult, as_dict
+from capplan.settings import ServerSettings
 from capplan.units import format_bytes
 
 if TYPE_CHECKING:
@@ -232,8 +233,8 @@ _SETTING_NOTES = {
 
 def _settings_section(settings: ServerSettings) -> Section:
     rows = [
-        Row(f.name, str(getattr(settings, f.name)), _SETTING_NOTES.get(f.name, ""))
-        for f in fields(settings)
+        Row(key, str(value), _SETTING_NOTES.get(key, ""))
+        for key, value in settings.emitted().items()
     ]
     return Section("Recommended server settings (capplan serve / --emit)", rows)
 

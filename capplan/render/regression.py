@@ -8,10 +8,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from capplan.planning.plan import ReplicaPlan
+from capplan.planning.sweep_result import SweepResult
+from capplan.planning.validate import Validation
 from capplan.regression.compare import Comparison, MetricComparison
-from capplan.regression.plan import ReplicaPlan
-from capplan.regression.sweep import SweepResult
-from capplan.regression.validate import Validation
 
 _VERDICT_STYLE = {
     "regression": "bold red",

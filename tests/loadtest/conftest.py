@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from capplan.settings import ServerSettings
 from reference_server.app import create_app
-from reference_server.config import ServerConfig
 from reference_server.emulated import EmulatedBackend, EmulatedTiming
 from reference_server.testing import serve_in_thread
 
@@ -35,7 +35,7 @@ def _emulated(
         backend_out.append(backend)
     settings.setdefault("max_concurrent", 64)
     settings.setdefault("queue_size", 64)
-    app = create_app(ServerConfig(backend="emulated", **settings), backend)
+    app = create_app(ServerSettings(backend="emulated", **settings), backend)
     with serve_in_thread(app) as url:
         yield url
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from capplan.loadtest.httpx.run import run_load
 from capplan.loadtest.launch import launched_server
-from capplan.loadtest.runner import RunResult, load_scenario, run_load
+from capplan.loadtest.run import RunResult, load_scenario
 from reference_server.emulated import EmulatedBackend
 
 from .conftest import ServerFactory

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from capplan.loadtest.clock import RunClock
-from capplan.loadtest.httpx_engine import Target, make_client, send_one
+from capplan.loadtest.httpx.engine import make_client, send_one
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.record import RequestRecord
+from capplan.loadtest.request import Target
 from capplan.loadtest.summary import summarize
 
 from .misbehaving_server import CHUNKS, TOKENS_PER_CHUNK, misbehaving_server

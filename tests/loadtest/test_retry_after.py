@@ -6,8 +6,9 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from capplan.loadtest.httpx.run import run_load
 from capplan.loadtest.record import RequestRecord
-from capplan.loadtest.runner import RunResult, load_scenario, run_load
+from capplan.loadtest.run import RunResult, load_scenario
 
 from .conftest import ServerFactory
 

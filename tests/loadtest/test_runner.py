@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from capplan.loadtest.arrival import schedule
+from capplan.loadtest.httpx.run import run_load
 from capplan.loadtest.record import read_records
-from capplan.loadtest.runner import load_scenario, run_load
+from capplan.loadtest.run import load_scenario
 
 from .conftest import ServerFactory
 

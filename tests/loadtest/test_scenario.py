@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from capplan.errors import InputError
-from capplan.loadtest.runner import load_scenario
+from capplan.loadtest.run import load_scenario
 from capplan.loadtest.scenario import SCENARIO_DIR, build_config
 
 SHIPPED = ("chat-short", "rag-long-prompt", "seed-rtx3080", "ci-smoke")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capplan.loadtest.runner import load_scenario, run_load
+from capplan.loadtest.httpx.run import run_load
+from capplan.loadtest.run import load_scenario
 from capplan.loadtest.server_view import parse_counters
 
 from .conftest import ServerFactory

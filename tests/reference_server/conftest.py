@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from capplan.settings import ServerSettings
 from reference_server.app import create_app
-from reference_server.config import ServerConfig
 from reference_server.emulated import EmulatedBackend, EmulatedTiming
 from reference_server.testing import serve_in_thread
 
@@ -70,7 +70,7 @@ def emulated_server() -> Iterator[ServerFactory]:
                 )
                 backend = EmulatedBackend(timing, tokens_per_chunk=tokens_per_chunk)
             config.setdefault("backend", "emulated")
-            app = create_app(ServerConfig(**config), backend, cuda=cuda)
+            app = create_app(ServerSettings(**config), backend, cuda=cuda)
             url = stack.enter_context(serve_in_thread(app, shutdown_timeout_s=2))
             # Release a held backend before shutdown so no test leaves requests parked.
             stack.callback(getattr(backend, "release", lambda: None))

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from capplan.settings import ServerSettings
 from reference_server.app import create_app
-from reference_server.config import ServerConfig
 from reference_server.emulated import EmulatedBackend, EmulatedTiming
 from reference_server.testing import serve_in_thread
 from tests.reference_server.conftest import RunningServer, ServerFactory
@@ -19,7 +19,7 @@ from tests.reference_server.conftest import RunningServer, ServerFactory
 def server() -> Iterator[RunningServer]:
     """One server for the module: bad bodies change nothing it holds."""
     backend = EmulatedBackend(EmulatedTiming(ttft_ms=0, tpot_ms=0))
-    config = ServerConfig(
+    config = ServerSettings(
         backend="emulated", max_tokens_cap=64, max_context=128, max_body_bytes=10_000
     )
     app = create_app(config, backend)

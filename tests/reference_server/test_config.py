@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from capplan.errors import InputError
-from reference_server.config import ServerConfig, limits_in_force, resolve_config
+from capplan.settings import ServerSettings
+from reference_server.config import limits_in_force, resolve_config
 
 
 def test_flag_beats_env_beats_file_beats_default(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_flag_beats_env_beats_file_beats_default(tmp_path: Path) -> None:
     assert config.queue_size == 11  # env over file
     assert config.queue_timeout_s == 7.0  # flag over env
     assert config.rate_limit == "5/minute"
-    assert config.request_timeout_s == ServerConfig().request_timeout_s  # default
+    assert config.request_timeout_s == ServerSettings().request_timeout_s  # default
     assert config.port == 8000  # a flag left unset does not count
     assert config.host == "127.0.0.1"  # never all interfaces unless told
     assert config.sources["queue_size"] == "env"
@@ -106,8 +107,7 @@ def test_unknown_rate_limit_storage_is_refused_at_start() -> None:
 
 @pytest.mark.parametrize("fmt", ["json", "env", "gunicorn"])
 def test_files_written_by_estimate_emit_configure_the_server(tmp_path: Path, fmt: str) -> None:
-    from capplan.estimate.result import ServerSettings
-    from capplan.estimate.server_settings import write_settings
+    from capplan.settings import write
 
     settings = ServerSettings(
         max_concurrent=5, queue_size=12, queue_timeout_s=20, request_timeout_s=90,
@@ -116,9 +116,9 @@ def test_files_written_by_estimate_emit_configure_the_server(tmp_path: Path, fmt
         drain_timeout_s=25,
     )  # fmt: skip
     path = tmp_path / ("gunicorn.conf.py" if fmt == "gunicorn" else f"server.{fmt}")
-    write_settings(settings, fmt, path, "capplan estimate --gpu x --model y")
+    write(settings.emitted(), fmt, path, "capplan estimate --gpu x --model y")
     config = resolve_config({}, {}, path)
-    for key, value in vars(settings).items():
+    for key, value in settings.emitted().items():
         assert getattr(config, key) == value, key
         assert config.sources[key] == f"file:{path}", key
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from capplan.settings import ServerSettings
 from reference_server.app import create_app
 from reference_server.backend import Finished, GenerationEvent, GenerationRequest, TokenDelta
-from reference_server.config import ServerConfig
 from reference_server.emulated import EmulatedBackend, EmulatedTiming
 from reference_server.metrics import ServerMetrics
 from reference_server.testing import serve_in_thread
@@ -31,7 +31,7 @@ class _SlowStartBackend(EmulatedBackend):
 
 def test_ready_is_503_until_the_backend_started() -> None:
     backend = _SlowStartBackend()
-    app = create_app(ServerConfig(backend="emulated"), backend)
+    app = create_app(ServerSettings(backend="emulated"), backend)
     with serve_in_thread(app, wait_ready=False) as url:
         assert httpx.get(url + "/health", timeout=10).status_code == 200
         loading = httpx.get(url + "/ready", timeout=10)

@@ -18,15 +18,15 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (dev dependency) missing")
 from hypothesis import HealthCheck, settings  # noqa: E402  (schemathesis brings hypothesis)
 
+from capplan.settings import ServerSettings  # noqa: E402
 from reference_server.app import create_app  # noqa: E402
-from reference_server.config import ServerConfig  # noqa: E402
 from reference_server.emulated import EmulatedBackend, EmulatedTiming  # noqa: E402
 from reference_server.testing import serve_in_thread  # noqa: E402
 
 
 def _app() -> Any:
     # A queue large enough that no fuzzed request meets an honest 503 (which is not a defect).
-    config = ServerConfig(
+    config = ServerSettings(
         backend="emulated", max_tokens_cap=8, max_concurrent=64, queue_size=64, max_context=512
     )
     return create_app(config, EmulatedBackend(EmulatedTiming(ttft_ms=0, tpot_ms=0)))

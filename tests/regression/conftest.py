@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from capplan.loadtest.httpx.run import run_load
 from capplan.loadtest.record import RequestRecord, write_records
-from capplan.loadtest.runner import RunResult, load_scenario, run_load
+from capplan.loadtest.run import RunResult, load_scenario
 from capplan.loadtest.summary import summarize
 from capplan.regression.runs import LoadedRun
+from capplan.settings import ServerSettings
 from reference_server.app import create_app
-from reference_server.config import ServerConfig
 from reference_server.emulated import EmulatedBackend, EmulatedTiming
 from reference_server.testing import serve_in_thread
 
@@ -24,7 +25,7 @@ from reference_server.testing import serve_in_thread
 def emulated_server(
     timing: EmulatedTiming, *, max_concurrent: int = 64, queue_size: int = 64
 ) -> Iterator[str]:
-    config = ServerConfig(
+    config = ServerSettings(
         backend="emulated", max_concurrent=max_concurrent, queue_size=queue_size, vram_guard=None
     )
     with serve_in_thread(create_app(config, EmulatedBackend(timing))) as url:

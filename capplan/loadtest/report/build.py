@@ -83,7 +83,14 @@ def _read_run_records(run_dir: Path) -> list[RequestRecord]:
 
 
 def _resummarize(records: list[Any], old: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
-    from capplan.loadtest.summary import attach_load_model_runs, load_model_runs_of, summarize
+    from capplan.loadtest.server_view import attach_server_view
+    from capplan.loadtest.summary import (
+        ENGINE_BLOCKS,
+        apply_engine_block,
+        attach_load_model_runs,
+        load_model_runs_of,
+        summarize,
+    )
 
     old = old or {}
     selfcheck = {
@@ -108,14 +115,11 @@ def _resummarize(records: list[Any], old: dict[str, Any] | None, run_id: str) ->
             summary[key] = old[key]
     # What the engine added beside the figures (records alone do not hold it).
     attach_load_model_runs(summary, load_model_runs_of(old))
-    if isinstance(old.get("locust"), dict):
-        from capplan.loadtest.locust_engine import apply_locust_block
-
-        apply_locust_block(summary, old["locust"])
+    for engine_name in ENGINE_BLOCKS:
+        if isinstance(old.get(engine_name), dict):
+            apply_engine_block(summary, engine_name, old[engine_name])
     view = old.get("server_view")
     if isinstance(view, dict):
-        from capplan.loadtest.runner import attach_server_view
-
         attach_server_view(summary, view.get("before"), view.get("after"), records)
     summary["rebuilt"] = REBUILT_NOTE
     return summary

@@ -6,7 +6,6 @@ figure out instead of drawing an empty frame.
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,34 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-DPI = 110
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+from capplan.figures import COLORS, new_figure, png_bytes, tidy
+
 PERCENTILE_STYLE = {"p50": ("-", "o"), "p90": ("--", "s"), "p99": (":", "^")}
 _STEP = re.compile(r"^(?P<kind>[a-z_]+)=(?P<value>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)$")
-
-
-def png_bytes(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    fig.patch.set_facecolor("white")
-    return fig
-
-
-def tidy(ax: Axes) -> None:
-    ax.grid(True, color="#e5e5e5", linewidth=0.8)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
 
 
 def step_axis(labels: Sequence[str]) -> tuple[str, list[float]] | None:

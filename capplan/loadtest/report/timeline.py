@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from capplan.figures import COLORS, new_figure, png_bytes, tidy
 from capplan.loadtest.report.frame import in_flight, token_times
-from capplan.loadtest.report.plots import COLORS, new_figure, png_bytes, tidy
 
 _GPU_MEM = re.compile(r"^gpu(\d+)_mem_used_mib$")
 

@@ -1,8 +1,9 @@
 """Per-GPU readings from NVML.
 
 The `pynvml` module (nvidia-ml-py) is passed in, so tests hand over a fake object with the same
-function names; `load_pynvml()` returns the real one, or None when it is not installed. A reading
-that the GPU or driver does not support is left blank and not asked for again.
+function names; `capplan.devices.load_nvml()` returns the real one, or None when it is not
+installed. A reading that the GPU or driver does not support is left blank and not asked for
+again.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from typing import Any
+
+from capplan.devices import enumerate_devices
 
 # Bits of nvmlDeviceGetCurrentClocksEventReasons (formerly ...ThrottleReasons), nvml.h.
 CLOCK_EVENT_REASONS: dict[int, str] = {
@@ -38,15 +41,6 @@ GPU_FIELDS = (
     "energy_j",
     "energy_src",
 )
-
-
-def load_pynvml() -> Any | None:
-    """The real pynvml module, or None when nvidia-ml-py is not installed."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    return pynvml
 
 
 def decode_clock_reasons(mask: int) -> str:
@@ -98,19 +92,14 @@ class NvmlSource:
             return False
         self._open = True
         try:
-            count = int(nvml.nvmlDeviceGetCount())
-            for index in range(count):
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                name = nvml.nvmlDeviceGetName(handle)
-                if isinstance(name, bytes):
-                    name = name.decode(errors="replace")
-                total = nvml.nvmlDeviceGetMemoryInfo(handle).total / _MIB
-                self._handles.append(handle)
-                self.gpus.append(GpuInfo(index, str(name), float(total)))
+            devices = enumerate_devices(nvml)
         except nvml.NVMLError as exc:
             self.error = f"listing GPUs failed: {exc}"
             self.close()
             return False
+        for device in devices:
+            self._handles.append(device.handle)
+            self.gpus.append(GpuInfo(device.index, device.name, device.memory_total_bytes / _MIB))
         if not self._handles:
             self.error = "NVML sees no GPU"
             self.close()

@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from capplan.devices import load_nvml
 from capplan.loadtest.clock import RunClock
 from capplan.loadtest.telemetry.host import HostSource
-from capplan.loadtest.telemetry.nvml import NvmlSource, load_pynvml
+from capplan.loadtest.telemetry.nvml import NvmlSource
 from capplan.loadtest.telemetry.target import TARGET_COLUMNS, TargetPoller
 
 BASE_COLUMNS = ("t", "elapsed_s")
@@ -47,7 +48,7 @@ class TelemetrySampler:
         self.out_csv = Path(out_csv)
         self.target_url = target_url
         self.interval_s = interval_s
-        self.nvml = NvmlSource(load_pynvml() if nvml is _NOT_GIVEN else nvml)
+        self.nvml = NvmlSource(load_nvml() if nvml is _NOT_GIVEN else nvml)
         self.host = HostSource() if host else None
         self.target = (
             TargetPoller(target_url, clock.now, interval_s=interval_s) if target_url else None

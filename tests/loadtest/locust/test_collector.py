@@ -15,7 +15,7 @@ SCRIPT = """
 import json, sys
 from types import SimpleNamespace
 from capplan.loadtest.clock import RunClock
-from capplan.loadtest.locust_process import Collector
+from capplan.loadtest.locust.process import Collector
 from capplan.loadtest.record import RecordWriter, RequestRecord
 
 clock = RunClock()

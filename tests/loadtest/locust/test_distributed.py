@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from capplan.loadtest.child_process import free_port
-from capplan.loadtest.locust_engine import LocustOptions, run_locust
+from capplan.loadtest.locust.engine import LocustOptions, run_locust
 from capplan.loadtest.record import read_records
 from capplan.loadtest.scenario import build_config
 

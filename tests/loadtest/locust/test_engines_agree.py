@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from capplan.loadtest.locust_engine import run_locust
-from capplan.loadtest.runner import run_load
+from capplan.loadtest.httpx.run import run_load
+from capplan.loadtest.locust.engine import run_locust
 from capplan.loadtest.scenario import build_config
 
 pytestmark = pytest.mark.slow

@@ -8,15 +8,15 @@ import sys
 import pytest
 
 from capplan.errors import InputError
-from capplan.loadtest.locust_engine import LocustOptions
+from capplan.loadtest.locust.engine import LocustOptions
 
 CHECK = """
 import sys
 import capplan.cli
-import capplan.loadtest.locust_engine
-import capplan.loadtest.locust_job
-import capplan.loadtest.locust_launch
-from capplan.loadtest.locust_engine import LocustOptions, build_jobs, run_locust
+import capplan.loadtest.locust.engine
+import capplan.loadtest.locust.job
+import capplan.loadtest.locust.launch
+from capplan.loadtest.locust.engine import LocustOptions, build_jobs, run_locust
 leaked = sorted(m for m in ("locust", "gevent", "geventhttpclient") if m in sys.modules)
 print(",".join(leaked))
 """

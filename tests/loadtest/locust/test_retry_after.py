@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from capplan.loadtest.launch import launched_server
-from capplan.loadtest.locust_engine import run_locust
+from capplan.loadtest.locust.engine import run_locust
 from capplan.loadtest.scenario import build_config
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capplan.loadtest.locust_job import LocustJob, Share
+from capplan.loadtest.locust.job import LocustJob, Share
 
 
 def _job(**kw: object) -> LocustJob:

@@ -116,7 +116,7 @@ def test_resummarize_keeps_config_and_environment(make_run: MakeRun) -> None:
 def test_resummarize_keeps_the_engines_locust_and_load_model_run_blocks(
     make_run: MakeRun,
 ) -> None:
-    from capplan.loadtest.locust_engine import apply_locust_block
+    from capplan.loadtest.summary import apply_engine_block
 
     run_dir, _ = make_run(concurrencies=(1, 4), per_step=10, telemetry=False)
     before = json.loads((run_dir / "summary.json").read_text())
@@ -128,7 +128,7 @@ def test_resummarize_keeps_the_engines_locust_and_load_model_run_blocks(
              "problem": "1 worker never reported"},
         ],
     }  # fmt: skip
-    apply_locust_block(before, block)
+    apply_engine_block(before, "locust", block)
     (run_dir / "summary.json").write_text(json.dumps(before))
     build_reports(run_dir, resummarize=True)
     after = json.loads((run_dir / "summary.json").read_text())
@@ -198,7 +198,7 @@ def test_two_gpus_are_named_and_summed_in_the_telemetry_table(make_run: MakeRun)
 def test_the_servers_own_view_is_reported_and_survives_a_resummarize(
     make_run: MakeRun,
 ) -> None:
-    from capplan.loadtest.runner import attach_server_view
+    from capplan.loadtest.server_view import attach_server_view
 
     run_dir, records = make_run(concurrencies=(1, 4), per_step=10, telemetry=False)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -10,8 +10,8 @@ import httpx
 
 from capplan.loadtest.clock import RunClock
 from capplan.loadtest.telemetry.sampler import TelemetrySampler
+from capplan.settings import ServerSettings
 from reference_server.app import create_app
-from reference_server.config import ServerConfig
 from reference_server.emulated import EmulatedBackend, EmulatedTiming
 from reference_server.testing import serve_in_thread
 
@@ -24,7 +24,7 @@ def test_queue_and_emulated_kv_memory_come_from_the_reference_server(tmp_path: P
     )
     backend = EmulatedBackend(timing)
     backend.hold()  # generations wait before their first token: slots stay taken
-    config = ServerConfig(backend="emulated", max_concurrent=2, queue_size=8, vram_guard=None)
+    config = ServerSettings(backend="emulated", max_concurrent=2, queue_size=8, vram_guard=None)
     with serve_in_thread(create_app(config, backend)) as url:
         statuses: list[int] = []
 

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
+from capplan.settings import ServerSettings
 from reference_server.app import create_app
-from reference_server.config import ServerConfig
 from reference_server.testing import serve_in_thread
 from reference_server.transformers_backend import TransformersBackend
 
@@ -22,7 +22,7 @@ CHAT = [{"role": "user", "content": "Plan the capacity for Tuesday."}]
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, TransformersBackend]]:
     backend = TransformersBackend(device="cpu", max_batch=8, batch_wait_ms=2.0)
-    app = create_app(ServerConfig(max_tokens_cap=4000), backend)
+    app = create_app(ServerSettings(max_tokens_cap=4000), backend)
     with serve_in_thread(app) as url:
         yield url, backend
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from capplan.errors import InputError
-from capplan.regression.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
+from capplan.planning.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
 from reference_server.emulated import EmulatedTiming
 
-from .conftest import load_run_at
+from ..regression.conftest import load_run_at
 
 
 def _summary(load: float, *, ttft: float, rps: float, rejected: int = 0) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def test_sweep_finds_the_slo_boundary_of_a_known_timing(tmp_path: Path, serve_em
 
 
 def test_the_plot_is_a_png_even_with_an_slo_far_above_the_curves(tmp_path: Path) -> None:
-    from capplan.regression.plot import plot_sweep
+    from capplan.planning.plot import plot_sweep
 
     spec = SweepSpec("concurrency", parse_slos(["p95(ttft)<1.05s", "p95(e2e)<600s"]), max_load=16)
     result = run_sweep(spec, FakeServer(ceiling=4.0), tmp_path)

@@ -3,7 +3,7 @@
 Locust runs on gevent and monkey-patches the process that imports it, so the capplan process
 never imports it: it resolves each step into a `LocustJob` (the same request bodies, arrival
 schedule and request ids as the httpx engine), starts a Locust child process per step
-(`python -m capplan.loadtest.locust_engine local|master|worker ...`), and builds summary,
+(`python -m capplan.loadtest.locust.child local|master|worker ...`), and builds summary,
 telemetry and reports from the merged requests.jsonl exactly as the httpx runner does.
 
     workers == 0   one child with Locust's LocalRunner
@@ -11,13 +11,12 @@ telemetry and reports from the merged requests.jsonl exactly as the httpx runner
     remote == M    the master also waits for M workers from other machines
                    (`capplan locust-worker --master HOST`, see docs/distributed.md)
 
-Top-level imports stay light (stdlib and locust_job): this file is also the child's entry point,
-and gevent must patch the child before anything heavy is imported.
+Top-level imports stay light (stdlib and locust.job): the child's entry point (`child.py`)
+imports this file, and gevent must patch the child before anything heavy is imported.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Callable
@@ -25,13 +24,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capplan.loadtest.locust_job import LocustJob
+from capplan.loadtest.locust.job import LocustJob
 
 if TYPE_CHECKING:
     import subprocess
 
     from capplan.loadtest.live import ProgressSnapshot
-    from capplan.loadtest.runner import RunResult
+    from capplan.loadtest.run import RunResult
     from capplan.loadtest.scenario import LoadConfig
 
 DEFAULT_MASTER_PORT = 5557  # Locust's own default, for workers on other machines
@@ -66,8 +65,8 @@ class LocustOptions:
 
 def build_jobs(config: LoadConfig, *, model_name: str) -> list[LocustJob]:
     """Every step of `config` as a LocustJob: bodies, schedule and ids as the httpx runner's."""
-    from capplan.loadtest.httpx_engine import auth_headers, request_body
-    from capplan.loadtest.runner import prompt_builder, request_target, step_offsets, step_specs
+    from capplan.loadtest.request import auth_headers, request_body
+    from capplan.loadtest.run import prompt_builder, request_target, step_offsets, step_specs
 
     assert config.url is not None
     target = request_target(config, model_name)
@@ -113,7 +112,7 @@ def run_locust(
 
     `reports=False` skips report.md/html and parquet, as `run_load`'s.
     """
-    from capplan.loadtest.runner import launched_target, prepare_out_dir
+    from capplan.loadtest.run import launched_target, prepare_out_dir
 
     options = options or LocustOptions()
     out = prepare_out_dir(config, out_dir)
@@ -145,9 +144,9 @@ class _LocustRun:
         self.server_after: dict[str, float] | None = None
 
     def run(self, *, reports: bool = True) -> RunResult:
-        from capplan.loadtest import locust_launch as launch
         from capplan.loadtest.live import LiveStats
-        from capplan.loadtest.runner import save_run_config, scrape_server, start_sampler
+        from capplan.loadtest.locust import launch
+        from capplan.loadtest.run import save_run_config, scrape_server, start_sampler
 
         started = self.clock.now()
         model_name = self.config.model_name or _discover_model(self.config) or "default"
@@ -175,7 +174,7 @@ class _LocustRun:
 
     def _run_step(self, job: LocustJob, index: int) -> dict[str, Any]:
         from capplan.loadtest import child_process
-        from capplan.loadtest import locust_launch as launch
+        from capplan.loadtest.locust import launch
 
         job_path = self.locust_dir / f"step-{index}-job.json"
         report_path = self.locust_dir / f"step-{index}-report.json"
@@ -249,8 +248,9 @@ class _LocustRun:
 
     def _finish(self, model_name: str, started: float, *, reports: bool) -> RunResult:
         from capplan.loadtest.record import read_records
-        from capplan.loadtest.runner import attach_server_view, finish_run, run_config
-        from capplan.loadtest.summary import collect_environment, summarize
+        from capplan.loadtest.run import finish_run, run_config
+        from capplan.loadtest.server_view import attach_server_view
+        from capplan.loadtest.summary import apply_engine_block, collect_environment, summarize
 
         records = read_records(self.records_path) if self.records_path.is_file() else []
         selfcheck = {r["step"]: r["client"] for r in self.reports if r.get("client")}
@@ -265,33 +265,9 @@ class _LocustRun:
         )
         summary["started_at"] = started
         summary["ended_at"] = self.clock.now()
-        apply_locust_block(summary, locust_block(self.options, self.reports))
+        apply_engine_block(summary, "locust", locust_block(self.options, self.reports))
         attach_server_view(summary, self.server_before, self.server_after, records)
         return finish_run(self.out, summary, records, interrupted=self.interrupted, reports=reports)
-
-
-def apply_locust_block(summary: dict[str, Any], block: dict[str, Any]) -> None:
-    """Adds the `locust` block to a summary built from the records, with what it implies: each
-    step's `load_model_run`, and a step's Locust problem as a reason the run is not valid.
-
-    `capplan report --resummarize` calls it again with the block it found, so nothing is lost.
-    """
-    from capplan.loadtest.summary import attach_load_model_runs, load_model_run
-
-    summary["locust"] = block
-    steps = [s for s in block.get("steps", []) if isinstance(s, dict) and "step" in s]
-    attach_load_model_runs(
-        summary,
-        {
-            s["step"]: load_model_run("locust", s["mode"], s["how"])
-            for s in steps
-            if "mode" in s and "how" in s
-        },
-    )
-    for step in steps:
-        if step.get("problem"):
-            summary["valid"] = False
-            summary["reasons"].append(f"locust {step['step']}: {step['problem']}")
 
 
 def locust_block(options: LocustOptions, reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -331,22 +307,15 @@ def _how(job: LocustJob, report: dict[str, Any]) -> str:
 
 
 def _discover_model(config: LoadConfig) -> str | None:
-    import asyncio
-
-    from capplan.loadtest import httpx_engine
+    from capplan.loadtest.probe import discover_model_at
+    from capplan.loadtest.request import Target
 
     assert config.url is not None
-    target = httpx_engine.Target(base_url=config.url, api_key=config.api_key)
-
-    async def discover() -> str | None:
-        async with httpx_engine.make_client(target) as client:
-            return await httpx_engine.discover_model(client)
-
-    return asyncio.run(discover())
+    return discover_model_at(Target(base_url=config.url, api_key=config.api_key))
 
 
 def child_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "capplan.loadtest.locust_engine", *args]
+    return [sys.executable, "-m", "capplan.loadtest.locust.child", *args]
 
 
 def worker_command(master: str, master_port: int) -> list[str]:
@@ -355,56 +324,3 @@ def worker_command(master: str, master_port: int) -> list[str]:
 
 
 # --- the child process -----------------------------------------------------------------------
-
-
-def _child_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m capplan.loadtest.locust_engine",
-        description="capplan's Locust process (started by `capplan loadtest --engine locust`).",
-    )
-    roles = parser.add_subparsers(dest="role", required=True)
-    for role in ("local", "master"):
-        sub = roles.add_parser(role)
-        sub.add_argument("--job", required=True, type=Path)
-        sub.add_argument("--records", required=True, type=Path)
-        sub.add_argument("--report", required=True, type=Path)
-        sub.add_argument("--ui-port", type=int, default=None)
-        if role == "master":
-            sub.add_argument("--expect-workers", type=int, required=True)
-            sub.add_argument("--bind", default="127.0.0.1")
-            sub.add_argument("--port", type=int, default=DEFAULT_MASTER_PORT)
-            sub.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S)
-    worker = roles.add_parser("worker")
-    worker.add_argument("--master", required=True)
-    worker.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT)
-    return parser
-
-
-def child_main(argv: list[str] | None = None) -> int:
-    args = _child_parser().parse_args(argv)
-    # Importing locust monkey-patches this process for gevent: only ever in this child.
-    from capplan.loadtest import locust_process as lp
-
-    lp.configure_logging()
-    if args.role == "worker":
-        lp.run_worker(args.master, args.master_port)
-        return 0
-    job = LocustJob.load(args.job)
-    if args.role == "local":
-        report = lp.run_local(job, args.records, ui_port=args.ui_port)
-    else:
-        report = lp.run_master(
-            job,
-            args.records,
-            expect_workers=args.expect_workers,
-            bind_host=args.bind,
-            port=args.port,
-            connect_timeout_s=args.connect_timeout,
-            ui_port=args.ui_port,
-        )
-    lp.write_report(report, args.report)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())

@@ -24,62 +24,18 @@ import httpx
 from capplan.loadtest.clock import RunClock
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.record import RequestRecord
+from capplan.loadtest.request import Target, auth_headers, request_body
 from capplan.loadtest.sse import (
-    MODELS_PATHS,
     StreamAccumulator,
     TokenCounter,
     apply_error_response,
     apply_json_response,
-    first_model_id,
     mark_incomplete,
     new_record,
     record_deadline,
     record_failure,
     retry_pause_s,
 )
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where and how to send: the parts of a LoadConfig the engine needs."""
-
-    base_url: str
-    endpoint: str = "completions"
-    model_name: str = "default"
-    stream: bool = True
-    include_usage: bool = True
-    ignore_eos: bool = False
-    temperature: float | None = None
-    api_key: str | None = None
-    timeout_s: float = 120.0
-
-    @property
-    def path(self) -> str:
-        prefix = "" if self.base_url.rstrip("/").endswith("/v1") else "/v1"
-        suffix = "/chat/completions" if self.endpoint == "chat" else "/completions"
-        return prefix + suffix
-
-
-def request_body(target: Target, spec: PromptSpec) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": target.model_name, "max_tokens": spec.max_tokens}
-    if target.endpoint == "chat":
-        body["messages"] = spec.messages()
-    else:
-        body["prompt"] = spec.prompt
-    if target.stream:
-        body["stream"] = True
-        if target.include_usage:
-            body["stream_options"] = {"include_usage": True}
-    if target.temperature is not None:
-        body["temperature"] = target.temperature
-    if target.ignore_eos:
-        body["ignore_eos"] = True
-    return body
-
-
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    """The request headers an API key adds (every engine sends the same)."""
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def make_client(target: Target, *, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
@@ -132,19 +88,6 @@ class ClientPool:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def discover_model(client: httpx.AsyncClient) -> str | None:
-    """The first model id the server lists at /v1/models, if it answers."""
-    for path in MODELS_PATHS:
-        try:
-            response = await client.get(path, timeout=10.0)
-            model = first_model_id(response.status_code, response.json())
-        except (httpx.HTTPError, ValueError, KeyError):
-            continue
-        if model is not None:
-            return model
-    return None
 
 
 async def send_one(

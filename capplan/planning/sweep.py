@@ -19,16 +19,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from capplan.errors import InputError
+from capplan.planning.sweep_result import Axis, StopReason, SweepPoint, SweepResult
 from capplan.regression.metrics import flatten
 from capplan.regression.thresholds import (
     Threshold,
-    ThresholdResult,
     evaluate_thresholds,
     parse_threshold,
 )
-
-Axis = Literal["concurrency", "rate"]
-StopReason = Literal["slo", "saturated", "max", "ladder_end"]
 
 # Figures kept per point for the result, the plot and the spread across repeats.
 KEY_FIGURES = (
@@ -102,76 +99,6 @@ def parse_slos(texts: Sequence[str]) -> tuple[Threshold, ...]:
     if not any(s.metric == "error_rate" for s in slos):
         slos.append(parse_threshold(DEFAULT_ERROR_SLO))
     return tuple(slos)
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    load: float
-    figures: dict[str, float]  # median across repeats
-    spread: dict[str, tuple[float, float]]  # (min, max) across repeats, when repeats > 1
-    slo_results: tuple[ThresholdResult, ...]  # the worst repeat's result per SLO
-    rejections: int  # 429/503 answers across repeats
-    run_dirs: tuple[str, ...]
-    saturated: bool = False
-    phase: Literal["ladder", "bisect"] = "ladder"
-    invalid: tuple[str, ...] = ()  # why the load tester distrusts a run (client-bound, ...)
-    resumed: bool = False  # read back from an earlier, interrupted sweep's records
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.slo_results)
-
-    @property
-    def broken(self) -> list[str]:
-        return [r.threshold.expression for r in self.slo_results if not r.passed]
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    axis: Axis
-    slos: tuple[str, ...]
-    points: tuple[SweepPoint, ...]  # sorted by load
-    highest_safe: float | None
-    first_failure: float | None
-    first_rejection: float | None  # lowest load answered with 429/503: the admission gate
-    knee: float | None
-    stop_reason: StopReason
-    repeats: int
-    out_dir: str = ""
-    plot: str | None = None
-
-    def point(self, load: float) -> SweepPoint | None:
-        return next((p for p in self.points if p.load == load), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "axis": self.axis,
-            "slos": list(self.slos),
-            "highest_safe": self.highest_safe,
-            "first_failure": self.first_failure,
-            "first_rejection": self.first_rejection,
-            "knee": self.knee,
-            "stop_reason": self.stop_reason,
-            "repeats": self.repeats,
-            "plot": self.plot,
-            "points": [
-                {
-                    "load": p.load,
-                    "phase": p.phase,
-                    "passed": p.passed,
-                    "broken": p.broken,
-                    "saturated": p.saturated,
-                    "rejections": p.rejections,
-                    "invalid": list(p.invalid),
-                    "resumed": p.resumed,
-                    "figures": p.figures,
-                    "spread": {k: list(v) for k, v in p.spread.items()},
-                    "slo_results": [r.to_dict() for r in p.slo_results],
-                    "run_dirs": list(p.run_dirs),
-                }
-                for p in self.points
-            ],
-        }
 
 
 @dataclass
@@ -337,7 +264,7 @@ def run_sweep(
         out_dir=str(out),
     )
     if plot and points:
-        from capplan.regression.plot import plot_sweep
+        from capplan.planning.plot import plot_sweep
 
         result = replace(result, plot=str(plot_sweep(result, out / "sweep.png")))
     (out / SWEEP_FILE).write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")

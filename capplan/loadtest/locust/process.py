@@ -31,9 +31,9 @@ from locust.log import setup_logging
 from locust.runners import MasterRunner, WorkerRunner
 
 from capplan.loadtest.clock import RunClock
-from capplan.loadtest.locust_job import LocustJob, Share
-from capplan.loadtest.locust_selfcheck import client_check
-from capplan.loadtest.locust_user import WorkerState, hostname, make_user_class
+from capplan.loadtest.locust.job import LocustJob, Share
+from capplan.loadtest.locust.selfcheck import client_check
+from capplan.loadtest.locust.user import WorkerState, hostname, make_user_class
 from capplan.loadtest.record import RecordWriter, RequestRecord
 
 log = logging.getLogger("capplan.locust")

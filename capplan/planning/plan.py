@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capplan.errors import InputError
-from capplan.regression.queueing import QueueTail, mgc_tail
+from capplan.planning.queueing import QueueTail, mgc_tail
 from capplan.regression.thresholds import Threshold
 
 _MAX_REPLICAS = 100_000

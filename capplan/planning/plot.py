@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from capplan.regression.sweep import SweepResult
+from capplan.planning.sweep_result import SweepResult
 
 
 def plot_sweep(result: SweepResult, path: str | Path) -> Path:
-    """Writes a two-panel PNG (matplotlib's Agg canvas: no display, no pyplot global state) and
-    returns its path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """Writes a two-panel PNG and returns its path."""
+    from capplan.figures import new_figure, save_png, tidy
 
     points = result.points
     loads = [p.load for p in points]
-    fig = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure(11, 4.2)
     ax_lat, ax_thr = fig.subplots(1, 2)
     for name, style in (
         ("p50_ttft_ms", "o-"),
@@ -68,12 +65,9 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
             # A doubling ladder: equal steps on a log axis, ticks at the loads measured.
             ax.set_xscale("log", base=2)
             ax.set_xticks(loads, [f"{x:g}" for x in loads])
-        ax.grid(alpha=0.3)
+        tidy(ax)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=100)
-    return out
+    return save_png(fig, path)
 
 
 _LATENCIES = ("p50_ttft_ms", "p95_ttft_ms", "p50_e2e_ms", "p95_e2e_ms")

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from capplan.errors import InputError
-from capplan.regression.plan import ServiceProfile, plan_replicas, predict
-from capplan.regression.queueing import erlang_c, mgc_tail
+from capplan.planning.plan import ServiceProfile, plan_replicas, predict
+from capplan.planning.queueing import erlang_c, mgc_tail
 from capplan.regression.thresholds import parse_threshold
 
 

@@ -29,8 +29,8 @@ from locust.exception import StopUser
 
 from capplan.errors import InputError
 from capplan.loadtest.clock import RunClock
-from capplan.loadtest.locust_job import LocustJob, Share
-from capplan.loadtest.locust_selfcheck import GeventLoopMonitor
+from capplan.loadtest.locust.job import LocustJob, Share
+from capplan.loadtest.locust.selfcheck import GeventLoopMonitor
 from capplan.loadtest.prompts import load_tokenizer, token_counter
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.sse import (
@@ -192,7 +192,7 @@ def send_request(
 ) -> RequestRecord:
     """Sends request `index` of the job and measures it; never raises for a failed request.
 
-    Same fields, same error classes and same stream handling as `httpx_engine.send_one`: both
+    Same fields, same error classes and same stream handling as `httpx.engine.send_one`: both
     build, fail and finish records through `capplan.loadtest.sse`.
     """
     record = new_record(

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from capplan.loadtest.clock import RunClock
-from capplan.loadtest.httpx_engine import ClientPool, StepPlan, StopFlag, Target, run_closed_step
+from capplan.loadtest.httpx.engine import ClientPool, StepPlan, StopFlag, run_closed_step
+from capplan.loadtest.httpx.selfcheck import LoopMonitor
 from capplan.loadtest.metrics import percentile
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.record import RequestRecord
-from capplan.loadtest.selfcheck import LoopMonitor
+from capplan.loadtest.request import Target
 
 MAX_TTFT_ERROR_MS = 2.0
 PROMPT = PromptSpec(prompt="ping " * 16, max_tokens=1, prompt_tokens=None)

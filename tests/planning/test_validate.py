@@ -7,7 +7,7 @@ import pytest
 from capplan.estimate.estimator import EstimateRequest, estimate
 from capplan.estimate.gpu_spec import resolve_gpu
 from capplan.estimate.model_spec import resolve_model
-from capplan.regression.validate import (
+from capplan.planning.validate import (
     WorkloadShape,
     estimated_figures,
     measured_figures,
@@ -17,7 +17,7 @@ from capplan.regression.validate import (
 )
 from reference_server.emulated import EmulatedTiming
 
-from .conftest import load_run_at
+from ..regression.conftest import load_run_at
 
 # 10 ms per step plus 1 ms per 100 KV tokens; prefill 0.05 ms per prompt token; 1 KiB per token.
 TIMING = EmulatedTiming(

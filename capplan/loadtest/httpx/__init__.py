@@ -1,0 +1,1 @@
+"""The httpx engine: asyncio, one coroutine per request, timestamps at the socket."""

@@ -1,0 +1,1 @@
+"""Regression checks on finished runs: thresholds, compare, and the statistics behind them."""
