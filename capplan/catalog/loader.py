@@ -36,6 +36,7 @@ class GpuEntry:
     source: str
     notes: str = ""
     torch_total_gib: float | None = None
+    sms: int | None = None  # streaming multiprocessors (vLLM's Triton sampler buffer)
     check: tuple[str, ...] = ()
 
     @property
@@ -43,6 +44,10 @@ class GpuEntry:
         """What torch/vLLM see as total memory: torch's figure when known, else nvidia-smi's."""
         if self.torch_total_gib is not None:
             return int(self.torch_total_gib * GIB)
+        return self.total_mib * MIB
+
+    @property
+    def nvidia_smi_bytes(self) -> int:
         return self.total_mib * MIB
 
 
@@ -70,7 +75,8 @@ class ModelEntry:
     check: tuple[str, ...] = ()
 
 
-def _read(name: str) -> dict[str, dict[str, Any]]:
+def read_toml(name: str) -> dict[str, Any]:
+    """One TOML file of this catalog."""
     with (CATALOG_DIR / name).open("rb") as handle:
         return tomllib.load(handle)
 
@@ -80,7 +86,7 @@ def gpus() -> dict[str, GpuEntry]:
     """All catalog GPUs by id, in file order."""
     return {
         key: GpuEntry(id=key, **{**row, "check": tuple(row.get("check", ()))})
-        for key, row in _read("gpus.toml").items()
+        for key, row in read_toml("gpus.toml").items()
     }
 
 
@@ -89,7 +95,7 @@ def models() -> dict[str, ModelEntry]:
     """All catalog models by id, in file order."""
     return {
         key: ModelEntry(id=key, **{**row, "check": tuple(row.get("check", ()))})
-        for key, row in _read("models.toml").items()
+        for key, row in read_toml("models.toml").items()
     }
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from capplan.catalog.loader import GpuEntry
 
 catalog_app = typer.Typer(
     name="catalog",
@@ -30,27 +34,31 @@ def _check_format(output_format: str) -> None:
 def gpus(
     output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
 ) -> None:
-    """GPUs: memory as CUDA reports it, bandwidth, dense FP16 TFLOPS, source."""
+    """GPUs: memory as torch/vLLM and nvidia-smi report it, bandwidth, FP16 TFLOPS, source."""
     from capplan.catalog import loader
 
     _check_format(output_format)
     entries = list(loader.gpus().values())
     if output_format == "json":
-        rows = [{**asdict(e), "total_bytes": e.total_bytes} for e in entries]
+        rows = [
+            {**asdict(e), "total_bytes": e.total_bytes, "nvidia_smi_bytes": e.nvidia_smi_bytes}
+            for e in entries
+        ]
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="GPU catalog ((check) = from a secondary source)", title_justify="left")
-    for column in ("id", "name", "total", "GB/s", "TFLOPS", "bf16/fp8"):
+    for column in ("id", "name", "torch/vLLM", "nvidia-smi", "GB/s", "TFLOPS", "bf16/fp8"):
         table.add_column(column, no_wrap=column != "name")
     table.add_column("notes", overflow="fold", ratio=1)
     for e in entries:
         table.add_row(
             e.id,
             e.name,
-            f"{e.total_bytes / 1024**3:.2f} GiB" + (" (check)" if "total_mib" in e.check else ""),
+            _torch_total(e),
+            f"{e.total_mib} MiB" + (" (check)" if "total_mib" in e.check else ""),
             f"{e.bandwidth_gbs:g}",
             f"{e.tflops_fp16:g}" + (" (check)" if "tflops_fp16" in e.check else ""),
             f"{'y' if e.bf16 else 'n'}/{'y' if e.fp8 else 'n'}",
@@ -58,10 +66,21 @@ def gpus(
         )
     console = Console()
     console.print(table)
+    console.print(
+        "torch/vLLM: the total cudaMemGetInfo reports, which both runtimes plan with; '-': "
+        "unknown, nvidia-smi's is used"
+    )
     console.print("Sources", style="bold")
     for e in entries:
         checks = "".join(f"; (check) {c}" for c in e.check)
         console.print(f"  {e.id}: {e.source}{checks}", highlight=False)
+
+
+def _torch_total(e: GpuEntry) -> str:
+    if e.torch_total_gib is None:
+        return "-"
+    checked = any(c.split()[0] == "torch_total_gib" for c in e.check)
+    return f"{e.torch_total_gib:.2f} GiB" + (" (check)" if checked else "")
 
 
 @catalog_app.command("models")

@@ -61,10 +61,18 @@ def estimate(
     margin: float = typer.Option(
         0.03, "--margin", help="Safety margin, fraction of GPU memory (hf runtime)."
     ),
-    gpu_memory_utilization: float = typer.Option(
-        0.92,  # capplan.estimate.options.DEFAULT_GPU_MEMORY_UTILIZATION (vLLM's current default)
+    gpu_memory_utilization: float | None = typer.Option(
+        None,
         "--gpu-memory-utilization",
-        help="vLLM's share of GPU memory (vLLM's default: 0.92; older releases 0.9).",
+        help="vLLM's share of GPU memory (default: the release's, 0.92 from 0.20.0, 0.9 before).",
+    ),
+    vllm_version: str | None = typer.Option(
+        None,
+        "--vllm-version",
+        help="vLLM release to plan for, e.g. 0.10.1.1 (default: the newest capplan knows).",
+    ),
+    enforce_eager: bool = typer.Option(
+        False, "--enforce-eager", help="vLLM --enforce-eager: no CUDA graphs to budget for."
     ),
     max_model_len: int | None = typer.Option(
         None, "--max-model-len", help="vLLM max_model_len (default: the model's positions)."
@@ -120,6 +128,8 @@ def estimate(
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
+            vllm_version=vllm_version,
+            enforce_eager=enforce_eager,
             target_concurrency=target_concurrency,
             clients=clients,
             vram=vram,
@@ -165,6 +175,8 @@ def _command_line(model: str, gpu: str | None, quant: str | None, result: Estima
         parts.append(f"--quant {quant}")
     parts += [f"--prompt-tokens {w.prompt_tokens}", f"--max-tokens {w.max_tokens}"]
     parts.append(f"--runtime {w.runtime}")
+    if result.vllm is not None and not result.vllm.version_is_default:
+        parts.append(f"--vllm-version {result.vllm.version}")
     if w.gpus > 1:
         parts.append(f"--gpus {w.gpus} --tp {w.tp}")
     return " ".join(parts)

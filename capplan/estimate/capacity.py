@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from capplan.catalog.vllm_versions import vllm_version
 from capplan.errors import InputError
 from capplan.estimate.architecture import ModelSpec
 from capplan.estimate.gpu_spec import GpuSpec
@@ -20,12 +21,7 @@ from capplan.estimate.memory_hf import (
     HfBudget,
     hf_budget,
 )
-from capplan.estimate.memory_vllm import (
-    GPU_MEMORY_UTILIZATION,
-    VllmBudget,
-    default_scheduler_limits,
-    vllm_budget,
-)
+from capplan.estimate.memory_vllm import VllmBudget, default_scheduler_limits, vllm_budget
 from capplan.estimate.quantization import QuantScheme, WeightStorage, weight_storage
 from capplan.estimate.result import MemoryTerms, Workload
 from capplan.estimate.roofline import Roofline, attention_width, matmul_params
@@ -35,10 +31,14 @@ RUNTIMES = ("hf", "vllm")
 
 @dataclass(frozen=True)
 class VllmOptions:
-    gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION
+    """vLLM's settings as given; None: the release's own default."""
+
+    gpu_memory_utilization: float | None = None
     max_model_len: int | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    version: str | None = None  # None: the newest release line capplan knows
+    enforce_eager: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,10 +164,12 @@ def _vllm_capacity(
     roof: Roofline,
 ) -> Capacity:
     options = options or VllmOptions()
-    default_tokens, default_seqs = default_scheduler_limits(gpu.total_bytes, gpu.name)
+    version = vllm_version(options.version)
+    default_tokens, default_seqs = default_scheduler_limits(version, gpu.total_bytes, gpu.name)
     budget = vllm_budget(
         spec,
         scheme,
+        version,
         total_bytes=gpu.total_bytes,
         weights_bytes=weights.total_bytes,
         kv_element_bytes=element,
@@ -177,16 +179,20 @@ def _vllm_capacity(
         max_num_seqs=options.max_num_seqs or default_seqs,
         max_num_batched_tokens=options.max_num_batched_tokens or default_tokens,
         tp=workload.tp,
+        sm_count=gpu.sm_count,
+        enforce_eager=options.enforce_eager,
     )
     concurrency = budget.workload_concurrency if budget.starts else 0
     per_request = kv_bytes_for_context(spec, workload.request_tokens, element, workload.tp)
     kv_in_use = concurrency * budget.request_pages * budget.page_bytes
     unrequested = budget.total_bytes - budget.requested_bytes
+    # The shared terms: weights as vLLM's "Model loading took" (with the rotary cache), and the
+    # profile peak with the CUDA-graph estimate, as vLLM 0.27+ logs its "peak activation".
     memory = MemoryTerms(
         total_bytes=budget.total_bytes,
-        weights_bytes=budget.weights_bytes,
+        weights_bytes=budget.weights_bytes + budget.rotary_cache_bytes,
         non_torch_bytes=budget.non_torch_bytes,
-        activation_bytes=budget.activation_bytes,
+        activation_bytes=budget.activation_bytes + budget.cudagraph_bytes,
         allocator_reserve_bytes=0,
         margin_bytes=unrequested,
         kv_per_token_bytes=budget.kv_per_token_bytes,

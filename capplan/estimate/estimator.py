@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from capplan.catalog.vllm_versions import vllm_version
 from capplan.errors import InputError
 from capplan.estimate.architecture import ModelSpec, parameter_count, parameters_by_role
 from capplan.estimate.capacity import (
@@ -22,6 +23,7 @@ from capplan.estimate.memory_hf import (
     CUDA_CONTEXT_BYTES,
     SAFETY_MARGIN_FRACTION,
 )
+from capplan.estimate.memory_vllm import vllm_assumptions
 from capplan.estimate.model_spec import ResolvedModel
 from capplan.estimate.quantization import QuantScheme
 from capplan.estimate.recommend import alternatives, server_settings, timing
@@ -98,8 +100,10 @@ def _check_vllm_options(request: EstimateRequest, request_tokens: int) -> None:
     (vLLM raises unless VLLM_ALLOW_LONG_MAX_MODEL_LEN), and requests longer than it (vLLM
     answers them 400)."""
     v, spec = request.vllm, request.model.spec
-    if not 0 < v.gpu_memory_utilization <= 1:
+    utilization = v.gpu_memory_utilization
+    if utilization is not None and not 0 < utilization <= 1:
         raise InputError("--gpu-memory-utilization must be in (0, 1], e.g. 0.92")
+    vllm_version(v.version)  # an unknown or malformed release is an input error
     for flag, value in (
         ("--max-model-len", v.max_model_len),
         ("--max-num-seqs", v.max_num_seqs),
@@ -107,11 +111,20 @@ def _check_vllm_options(request: EstimateRequest, request_tokens: int) -> None:
     ):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
-    given = [v.max_model_len, v.max_num_seqs, v.max_num_batched_tokens]
-    if request.runtime != "vllm" and any(value is not None for value in given):
+    given = {
+        "--max-model-len": v.max_model_len is not None,
+        "--max-num-seqs": v.max_num_seqs is not None,
+        "--max-num-batched-tokens": v.max_num_batched_tokens is not None,
+        "--gpu-memory-utilization": utilization is not None,
+        "--vllm-version": v.version is not None,
+        "--enforce-eager": v.enforce_eager,
+    }
+    named = [flag for flag, is_given in given.items() if is_given]
+    if request.runtime != "vllm" and named:
+        verb = "applies" if len(named) == 1 else "apply"
         raise InputError(
-            "--max-model-len, --max-num-seqs and --max-num-batched-tokens apply to "
-            "--runtime vllm; add it or drop them"
+            f"{' and '.join(named)} {verb} to --runtime vllm only; add --runtime vllm or "
+            f"drop {'it' if len(named) == 1 else 'them'}"
         )
     if v.max_model_len is None:
         return
@@ -260,13 +273,7 @@ def _assumptions(w: Workload, cap: Capacity, request: EstimateRequest) -> list[s
             "(max_batch = max_concurrent)",
         ]
     if cap.vllm is not None:
-        v = cap.vllm
-        items.append(
-            f"runtime vllm: gpu_memory_utilization {v.gpu_memory_utilization}, "
-            f"max_num_batched_tokens {v.max_num_batched_tokens}, max_num_seqs {v.max_num_seqs}, "
-            f"max_model_len {v.max_model_len}, block size 16, non-torch memory "
-            f"{format_bytes(v.non_torch_bytes)}; CUDA-graph memory not deducted"
-        )
+        items += vllm_assumptions(cap.vllm)
     items.append(
         f"decode reads all weights once per step plus the batch's KV at "
         f"{roof.bandwidth_efficiency:.0%} of {request.gpu.bandwidth_bytes_s / 1e9:.0f} GB/s; "

@@ -29,6 +29,7 @@ class GpuSpec:
     detected_count: int = 1  # how many such GPUs NVML saw (auto only)
     kind: str = "gpu"  # "gpu", or "cpu" for CPU inference (total = RAM)
     cores: int = 0  # CPU cores (cpu only)
+    sm_count: int = 0  # streaming multiprocessors when catalogued, else 0
 
 
 # CPU inference defaults, overridable with --bandwidth and --tflops: dual-channel DDR4/DDR5
@@ -86,6 +87,7 @@ def from_catalog(entry: loader.GpuEntry) -> GpuSpec:
         fp8=entry.fp8,
         source=entry.source,
         check=entry.check,
+        sm_count=entry.sms or 0,
     )
 
 
@@ -230,4 +232,5 @@ def _override(
         detected_count=spec.detected_count,
         kind=spec.kind,
         cores=spec.cores,
+        sm_count=spec.sm_count,
     )

@@ -15,8 +15,6 @@ from capplan.estimate.gpu_spec import resolve_gpu
 from capplan.estimate.model_spec import resolve_model
 from capplan.estimate.result import EstimateResult
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.92  # vLLM's current default (vllm/config/cache.py); 0.9 before
-
 
 @dataclass(frozen=True)
 class EstimateOptions:
@@ -34,10 +32,12 @@ class EstimateOptions:
     gpus: int = 1
     tp: int = 1
     margin: float = DEFAULT_MARGIN
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    gpu_memory_utilization: float | None = None  # None: the vLLM release's default
     max_model_len: int | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    vllm_version: str | None = None  # None: the newest release line capplan knows
+    enforce_eager: bool = False
     target_concurrency: int | None = None
     clients: int = 1
     vram: str | None = None
@@ -71,6 +71,8 @@ def estimate_from_options(options: EstimateOptions) -> EstimateResult:
                 max_model_len=o.max_model_len,
                 max_num_seqs=o.max_num_seqs,
                 max_num_batched_tokens=o.max_num_batched_tokens,
+                version=o.vllm_version,
+                enforce_eager=o.enforce_eager,
             ),
         )
     )

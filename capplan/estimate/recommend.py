@@ -180,7 +180,7 @@ def _vllm_knobs(
             )
         )
     for utilization in (0.92, 0.95):
-        if utilization <= options.gpu_memory_utilization:
+        if v is None or utilization <= v.gpu_memory_utilization:  # the release's own default
             continue
         trial = replace(options, gpu_memory_utilization=utilization)
         cap = capacity(gpu, spec, scheme, workload, trial)

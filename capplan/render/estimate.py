@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from capplan.estimate.memory_vllm import VLLM_REFERENCE
+from capplan.estimate.memory_vllm import VllmBudget
 from capplan.estimate.result import EstimateResult, as_dict
 from capplan.settings import ServerSettings
 from capplan.units import format_bytes
@@ -82,25 +82,13 @@ def _memory_section(r: EstimateResult) -> Section:
             f"{wt.unquantized_params:,} params",
         ),
         Row(
-            "process (python, torch)" if r.gpu.kind == "cpu" else "CUDA context + workspaces",
+            "process (python, torch)" if r.gpu.kind == "cpu" else _non_torch_label(r),
             format_bytes(m.non_torch_bytes),
             "per worker" if r.gpu.kind == "cpu" else "not in memory_allocated",
         ),
     ]
     if r.vllm is not None:
-        v = r.vllm
-        rows += [
-            Row(
-                "profile activations",
-                format_bytes(m.activation_bytes),
-                f"forward of max_num_batched_tokens={v.max_num_batched_tokens}",
-            ),
-            Row(
-                "outside vLLM's share",
-                format_bytes(m.margin_bytes),
-                f"total x (1 - gpu_memory_utilization {v.gpu_memory_utilization})",
-            ),
-        ]
+        rows += _vllm_memory_rows(r.vllm)
     else:
         rows += [
             Row(
@@ -137,12 +125,55 @@ def _kv_formula(r: EstimateResult) -> str:
     return f"2 x {s.layers} layers x {heads} kv heads x {s.head_dim} head_dim x {element} B"
 
 
+def _non_torch_label(r: EstimateResult) -> str:
+    """vLLM 0.9.1+ charges only non-torch growth; the CUDA context is outside its budget."""
+    if r.vllm is None:
+        return "CUDA context + workspaces"
+    return "non-torch memory (vLLM)"
+
+
+def _vllm_memory_rows(v: VllmBudget) -> list[Row]:
+    """vLLM's own terms, each with what it follows."""
+    graphs = f"{v.runner.upper()} runner, {v.version}"
+    if v.enforce_eager:
+        graphs = "--enforce-eager"
+    elif not v.cudagraph_bytes:
+        graphs += ": not subtracted (graphs live outside vLLM's share)"
+    return [
+        Row("rotary cos/sin cache", format_bytes(v.rotary_cache_bytes), "counted in weights above"),
+        Row(
+            "profile peak",
+            format_bytes(v.activation_bytes),
+            "max(dummy sampler, forward) below",
+        ),
+        Row(
+            "  dummy sampler run",
+            format_bytes(v.sampler_bytes),
+            "V2 runner: fixed peak calibrated on published logs"
+            if v.sampler == "v2"
+            else f"{v.sampler} path, min(max_num_seqs, tokens) x vocab logits, not split by tp",
+        ),
+        Row(
+            "  forward",
+            format_bytes(v.forward_bytes),
+            f"max_num_batched_tokens={v.max_num_batched_tokens}",
+        ),
+        Row("CUDA-graph estimate", format_bytes(v.cudagraph_bytes), graphs),
+        Row(
+            "outside vLLM's share",
+            format_bytes(v.total_bytes - v.requested_bytes),
+            f"total x (1 - gpu_memory_utilization {v.gpu_memory_utilization})",
+        ),
+    ]
+
+
 def _vllm_section(r: EstimateResult) -> Section | None:
     v = r.vllm
     if v is None:
         return None
+    default = " (default: newest known)" if v.version_is_default else ""
     return Section(
-        f"vLLM ({VLLM_REFERENCE})",
+        f"vLLM {v.version}{default}, release line {v.version_line}, {v.runner.upper()} runner",
         [
             Row("GPU KV cache size:", f"{v.kv_cache_tokens:,} tokens", "as vLLM logs it"),
             Row(

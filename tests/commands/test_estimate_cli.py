@@ -74,7 +74,7 @@ def test_defaults_are_stated_in_the_output() -> None:
 def test_json_output_carries_the_schema_version() -> None:
     result = invoke(*SEED, "--format", "json")
     data = json.loads(result.output)
-    assert data["schema_version"] == "1.1"
+    assert data["schema_version"] == "1.2"
     assert data["memory"]["kv_per_token_bytes"] == 147456
     assert set(data["settings"]) == SETTINGS_KEYS
 
@@ -83,6 +83,23 @@ def test_markdown_output_is_a_document() -> None:
     result = invoke(*SEED, "--format", "markdown", "--runtime", "vllm", "--max-model-len", "1024")
     assert result.output.startswith("# capplan estimate")
     assert "| GPU KV cache size: |" in result.output
+
+
+def test_vllm_output_names_the_release_and_the_basis_of_every_term() -> None:
+    table = invoke("estimate", *H100_VLLM, "--vllm-version", "0.9.2")
+    assert table.exit_code == 0, table.output
+    for term in ("vLLM 0.9.2, release line 0.9.1-0.16.x", "dummy sampler run", "CUDA-graph"):
+        assert term in table.output
+    default = json.loads(invoke("estimate", *H100_VLLM, "--format", "json").output)["vllm"]
+    assert default["version"] == "0.33.x" and default["version_is_default"]
+    assert default["gpu_memory_utilization"] == 0.92
+    assert set(default["basis"]) >= {"sampler", "forward", "non_torch", "cudagraph"}
+    old = json.loads(
+        invoke("estimate", *H100_VLLM, "--vllm-version", "0.9.2", "--format", "json").output
+    )["vllm"]
+    assert old["gpu_memory_utilization"] == 0.9 and old["cudagraph_bytes"] == 0
+    given = invoke("estimate", *H100_VLLM, "--gpu-memory-utilization", "0.8", "--format", "json")
+    assert json.loads(given.output)["vllm"]["gpu_memory_utilization"] == 0.8
 
 
 @pytest.mark.parametrize(
@@ -141,7 +158,19 @@ def test_markdown_output_is_a_document() -> None:
         ),
         (
             ["--gpu", "rtx3090", "--model", "qwen3-8b", "--max-model-len", "8192"],
-            "error: --max-model-len, --max-num-seqs and --max-num-batched-tokens apply to",
+            "error: --max-model-len applies to --runtime vllm only",
+        ),
+        (
+            ["--gpu", "rtx3090", "--model", "qwen3-8b", "--vllm-version", "0.9.2"],
+            "error: --vllm-version applies to --runtime vllm only",
+        ),
+        (
+            [*H100_VLLM, "--vllm-version", "0.34.0"],
+            "error: unknown --vllm-version '0.34.0'; capplan knows vLLM 0.8.0 to 0.33.x",
+        ),
+        (
+            [*H100_VLLM, "--vllm-version", "newest"],
+            "error: malformed --vllm-version 'newest'",
         ),
         (
             ["--gpu", "h100", "--model", "qwen3-8b", "--runtime", "vllm", "--max-model-len", "0"],
@@ -277,6 +306,11 @@ def test_estimate_imports_no_heavy_library() -> None:
 def test_catalog_lists_gpus_and_models_with_sources() -> None:
     gpus = invoke("catalog", "gpus")
     assert gpus.exit_code == 0 and "rtx3080" in gpus.output and "(check)" in gpus.output
+    assert "torch/vLLM" in gpus.output and "nvidia-smi" in gpus.output
+    h200 = next(
+        g for g in json.loads(invoke("catalog", "gpus", "-f", "json").output) if g["id"] == "h200"
+    )
+    assert h200["nvidia_smi_bytes"] == 150_754_820_096 > h200["total_bytes"]
     models = invoke("catalog", "models", "--format", "json")
     rows = json.loads(models.output)
     assert {r["id"] for r in rows} >= {"qwen3-8b", "llama-3.1-8b", "gemma-2-9b"}

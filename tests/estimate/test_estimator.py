@@ -104,24 +104,36 @@ def test_does_not_fit_lists_every_kind_of_fix_with_numbers_that_hold() -> None:
 
 
 def test_vllm_budget_reports_what_vllm_logs() -> None:
-    # 40960 tokens need 5.6 GiB: enough at vLLM's 0.92, not at the 0.9 of older releases.
-    assert run(gpu="rtx3090", model="qwen3-8b", runtime="vllm").vllm.starts
-    older = VllmOptions(gpu_memory_utilization=0.9)
-    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=older)
-    v = r.vllm
-    assert v is not None and v.starts is False
-    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=VllmOptions(max_model_len=8192))
+    options = VllmOptions(max_model_len=8192, version="0.12.0")
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=options)
     v = r.vllm
     assert v.kv_cache_tokens % 16 == 0
-    assert v.gpu_memory_utilization == 0.92  # vLLM's current default (vllm/config/cache.py)
+    assert v.gpu_memory_utilization == 0.9  # releases before 0.20.0 (vllm/config/cache.py)
+    # Native sampler: 256 rows x vocab x 38 B, plus the 2048 scheduled tokens' hidden states.
+    assert v.sampler_bytes == 256 * 151936 * 38 + 2048 * 4096 * 2
+    assert v.activation_bytes == max(v.sampler_bytes, v.forward_bytes) == v.sampler_bytes
+    assert v.cudagraph_bytes == 0  # not subtracted before 0.20.0
+    rotary = 40960 * 128 * 2
     budget = (
-        int(23.69 * GIB * 0.92) - r.weights.total_bytes - v.activation_bytes - v.non_torch_bytes
+        int(23.58 * GIB * 0.9)
+        - r.weights.total_bytes
+        - rotary
+        - v.activation_bytes
+        - v.non_torch_bytes
     )
     # get_num_blocks: available // page_size // layers, page = 2 x 16 x kv_heads x head_dim x 2 B
     num_blocks = budget // (2 * 16 * 8 * 128 * 2) // 36
     assert v.kv_cache_tokens == num_blocks * 16
     assert v.max_concurrency_full_length == pytest.approx(num_blocks / (8192 // 16))
     assert r.concurrency == min(v.max_num_seqs, v.kv_cache_tokens // 1024)
+
+
+def test_vllm_default_is_the_newest_release_and_says_so() -> None:
+    r = run(gpu="rtx3090", model="qwen3-8b", runtime="vllm", vllm=VllmOptions(max_model_len=8192))
+    v = r.vllm
+    assert v.version_is_default and v.version == "0.33.x" and v.gpu_memory_utilization == 0.92
+    assert v.runner == "v2" and v.cudagraph_bytes > 0
+    assert any("0.33.x" in a and "V2 model runner" in a for a in r.assumptions)
 
 
 def test_vllm_max_concurrency_counts_whole_pages_as_vllm_does() -> None:
@@ -205,7 +217,10 @@ def test_defaults_are_stated() -> None:
         ({"gpus": 3, "tp": 2}, "multiple of --tp"),
         ({"max_tokens": 50000}, "exceeds"),
         ({"margin": 0.9}, "--margin"),
-        ({"vllm": VllmOptions(max_model_len=4096)}, "apply to --runtime vllm"),
+        ({"vllm": VllmOptions(max_model_len=4096)}, "applies to --runtime vllm"),
+        ({"vllm": VllmOptions(version="0.9.2", enforce_eager=True)}, "apply to --runtime vllm"),
+        ({"runtime": "vllm", "vllm": VllmOptions(version="0.7.3")}, "knows vLLM 0.8.0 to"),
+        ({"runtime": "vllm", "vllm": VllmOptions(version="0.9")}, "malformed --vllm-version"),
         ({"runtime": "vllm", "vllm": VllmOptions(max_model_len=50000)}, "exceeds qwen3-8b's"),
         ({"runtime": "vllm", "vllm": VllmOptions(max_model_len=600)}, "exceeds --max-model-len"),
         ({"runtime": "vllm", "vllm": VllmOptions(max_num_batched_tokens=0)}, "at least 1"),
