@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from capplan import __version__
 from capplan.commands import (
+    calibrate,
     catalog,
     compare,
     demo,
@@ -73,6 +74,7 @@ for _module in (
     locust_worker,
     sweep,
     validate,
+    calibrate,
     plan,
     compare,
     demo,

@@ -7,30 +7,20 @@ torch model and builds no weights.
 
 from __future__ import annotations
 
-import string
 from typing import TYPE_CHECKING
+
+from capplan.embedded_model import (
+    CHAT_TEMPLATE,
+    IM_END,
+    IM_START,
+    MAX_CONTEXT,
+    PAD_TOKEN,
+    UNK_TOKEN,
+    vocabulary,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
-
-MAX_CONTEXT = 4096
-
-UNK_TOKEN = "<unk>"
-PAD_TOKEN = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"  # end of turn: the eos token, as in Qwen chat checkpoints
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def vocabulary() -> list[str]:
-    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]  # printable ASCII, \t and \n
-    return [UNK_TOKEN, PAD_TOKEN, IM_START, IM_END, *chars]
 
 
 def load_tokenizer() -> PreTrainedTokenizerFast:

@@ -75,6 +75,9 @@ class ServerSettings:
     # emulated backend
     gpu: str | None = _setting(None, "Emulated: catalog GPU id for roofline timing.")
     emulated_model: str | None = _setting(None, "Emulated: catalog model id.")
+    calibration: str | None = _setting(
+        None, "Emulated: a `capplan calibrate` profile for the --gpu/--emulated-model timing."
+    )
     ttft_ms: float | None = _setting(None, "Emulated: exact time to first token.", unit="ms")
     tpot_ms: float | None = _setting(None, "Emulated: exact time per output token.", unit="ms")
     tokens_per_chunk: int = _setting(1, "Emulated: tokens per SSE chunk.")

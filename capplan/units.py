@@ -90,3 +90,14 @@ def format_bytes(num_bytes: float) -> str:
             return f"{sign}{value:.3g} {unit}" if value < 100 else f"{sign}{value:.0f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def parse_int_list(text: str, *, option: str) -> list[int]:
+    """`1,4,16` -> [1, 4, 16]; every value a positive integer."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{option}: expected whole numbers like 1,4,16, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise InputError(f"{option}: give one or more numbers of at least 1, e.g. 1,4,16")
+    return values

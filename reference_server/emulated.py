@@ -49,6 +49,9 @@ class EmulatedTiming:
     decode_step_base_ms: float = 0.0
     decode_step_ms_per_kv_token: float = 0.0
     decode_compute_ms_per_sequence: float = 0.0  # matmul floor each running sequence adds
+    floor_ms: float = 0.0  # the emulated runtime's floor per forward pass
+    host_ms_per_sequence: float = 0.0  # host work each running sequence adds to a step
+    overhead_ms: float = 0.0  # per request before its first token
     kv_bytes_per_token: int = 0
     kv_budget_bytes: int | None = None  # None: no KV limit (no emulated OOM)
     max_context: int = DEFAULT_MAX_CONTEXT
@@ -58,17 +61,24 @@ class EmulatedTiming:
         if self.ttft_ms is not None:
             return self.ttft_ms
         # Prefill is never faster than one read of the weights (ServiceTiming.prefill_ms).
-        return max(
+        return self.overhead_ms + max(
             self.prefill_ms_per_token * prompt_tokens, self.decode_step_ms(batch_kv_tokens, batch)
         )
 
+    def prefill_ms(self, prompt_tokens: int) -> float:
+        """One prompt's prefill, alone (ServiceTiming.prefill_ms)."""
+        if self.ttft_ms is not None:
+            return self.ttft_ms
+        return max(self.prefill_ms_per_token * prompt_tokens, self.decode_step_ms(0))
+
     def decode_step_ms(self, batch_kv_tokens: int, batch: int = 1) -> float:
-        """One decode step (ServiceTiming.decode_step_ms): memory-bound on the weights and the
-        batch's KV, never faster than the batch's matmuls (compute-bound at large batch)."""
+        """One decode step (ServiceTiming.decode_step_ms): the largest of the weights and the
+        batch's KV read, the batch's matmuls and the runtime's floor."""
         if self.tpot_ms is not None:
             return self.tpot_ms
         memory = self.decode_step_base_ms + self.decode_step_ms_per_kv_token * batch_kv_tokens
-        return max(memory, batch * self.decode_compute_ms_per_sequence)
+        host = self.floor_ms + batch * self.host_ms_per_sequence
+        return max(host, memory, batch * self.decode_compute_ms_per_sequence)
 
 
 def timing_from_catalog(
@@ -79,21 +89,18 @@ def timing_from_catalog(
     kv_dtype: str | None = None,
     ttft_ms: float | None = None,
     tpot_ms: float | None = None,
+    calibration: str | None = None,
 ) -> EmulatedTiming:
-    """Roofline timing of `gpu` + `model` from the estimator, with optional exact overrides.
+    """The estimator's step model of `gpu` + `model` (calibrated with `calibration`, a profile
+    file from `capplan calibrate`), with optional exact overrides.
 
-    The KV budget is the card's own limit: the estimator's hf budget with its safety margin given
-    back, so the emulated out-of-memory comes where `capplan estimate` puts the absolute ceiling
-    ("with no margin"), not at its recommended concurrency."""
-    from capplan.estimate.gpu_spec import resolve_gpu
-    from capplan.estimate.memory_hf import ALLOCATOR_RESERVE_FRACTION, SAFETY_MARGIN_FRACTION
+    The KV budget is the card's own limit (the estimator's hf budget with no safety margin), so
+    the emulated out-of-memory comes where `capplan estimate` puts the absolute ceiling."""
+    from capplan.estimate.calibration import read_profile
     from capplan.estimate.service_timing import service_timing
 
-    st = service_timing(gpu, model, quant=quant, kv_dtype=kv_dtype)
-    # hf_budget: kv = (total - weights - context - margin) / (1 + reserve) - activations.
-    margin = (
-        resolve_gpu(gpu).total_bytes * SAFETY_MARGIN_FRACTION / (1 + ALLOCATOR_RESERVE_FRACTION)
-    )
+    profile = read_profile(calibration) if calibration else None
+    st = service_timing(gpu, model, quant=quant, kv_dtype=kv_dtype, calibration=profile)
     return EmulatedTiming(
         ttft_ms=ttft_ms,
         tpot_ms=tpot_ms,
@@ -101,10 +108,13 @@ def timing_from_catalog(
         decode_step_base_ms=st.decode_step_base_ms,
         decode_step_ms_per_kv_token=st.decode_step_ms_per_kv_token,
         decode_compute_ms_per_sequence=st.decode_compute_ms_per_sequence,
+        floor_ms=st.floor_ms,
+        host_ms_per_sequence=st.host_ms_per_sequence,
+        overhead_ms=st.overhead_ms,
         kv_bytes_per_token=int(st.kv_bytes_per_token),
-        kv_budget_bytes=int(st.kv_budget_bytes + margin) if st.kv_budget_bytes > 0 else 0,
+        kv_budget_bytes=int(st.kv_budget_bytes),
         max_context=int(st.max_context),
-        source=f"roofline:{gpu}/{model}",
+        source=f"{'calibrated' if st.calibrated else 'roofline'}:{gpu}/{model}",
     )
 
 

@@ -30,7 +30,11 @@ def build_backend(config: ServerSettings) -> Any:
 
         if config.gpu and config.emulated_model:
             timing = timing_from_catalog(
-                config.gpu, config.emulated_model, ttft_ms=config.ttft_ms, tpot_ms=config.tpot_ms
+                config.gpu,
+                config.emulated_model,
+                ttft_ms=config.ttft_ms,
+                tpot_ms=config.tpot_ms,
+                calibration=config.calibration,
             )
             model_id = config.emulated_model
         else:

@@ -11,36 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from capplan.embedded_tokenizer import (
+from capplan.embedded_model import (
     IM_END,
     IM_START,
-    MAX_CONTEXT,
     PAD_TOKEN,
+    TINY_CONFIG,
     UNK_TOKEN,
-    load_tokenizer,
     vocabulary,
 )
+from capplan.embedded_tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import Qwen3ForCausalLM
 
-MODEL_ID = "capplan-tiny-qwen3"
 SEED = 20240611
-
-# Small enough that CPU generation takes about a millisecond a step, shaped like Qwen3
-# (grouped-query attention, q/k norms, untied head).
-TINY_CONFIG: dict[str, int | float | bool | str] = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": MAX_CONTEXT,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "attn_implementation": "sdpa",
-}
 
 # The residual stream carries this constant in dimension 0 and the head rows of the special tokens
 # (eos among them) read it negatively, so the random model (almost) never emits one: every token is

@@ -254,7 +254,7 @@ def _default_device() -> str:
 
 
 def _embedded_model_id() -> str:
-    from reference_server.tiny_model import MODEL_ID
+    from capplan.embedded_model import MODEL_ID
 
     return MODEL_ID
 

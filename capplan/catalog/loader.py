@@ -38,6 +38,8 @@ class GpuEntry:
     torch_total_gib: float | None = None
     sms: int | None = None  # streaming multiprocessors (vLLM's Triton sampler buffer)
     check: tuple[str, ...] = ()
+    cuda_context_mib: int | None = None  # measured on this GPU; else the runtime's default
+    cuda_context_source: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -123,3 +125,36 @@ def model(model_id: str) -> ModelEntry:
     if key in table:
         return table[key]
     raise InputError(f"unknown model '{model_id}'" + suggest(key, list(table)))
+
+
+@dataclass(frozen=True)
+class RuntimeEntry:
+    """What a runtime adds to the roofline, each default with the measurement it comes from."""
+
+    id: str
+    name: str
+    gpu_floor_ms_per_layer: float
+    gpu_host_ms_per_sequence: float
+    gpu_floor_source: str
+    cpu_floor_ms_per_layer: float
+    cpu_host_ms_per_sequence: float
+    cpu_floor_source: str
+    bandwidth_efficiency: float
+    bandwidth_source: str
+    compute_efficiency: float
+    compute_source: str
+    cuda_context_bytes: int
+    cuda_context_source: str
+
+
+@cache
+def runtimes() -> dict[str, RuntimeEntry]:
+    """The runtime profiles by id (`runtimes.toml`)."""
+    return {key: RuntimeEntry(id=key, **row) for key, row in read_toml("runtimes.toml").items()}
+
+
+def runtime(runtime_id: str) -> RuntimeEntry:
+    table = runtimes()
+    if runtime_id in table:
+        return table[runtime_id]
+    raise InputError(f"unknown --runtime '{runtime_id}'" + suggest(runtime_id, list(table)))

@@ -87,6 +87,17 @@ def estimate(
         None, "--target-concurrency", help="Answer: the max_tokens that allows N at once."
     ),
     clients: int = typer.Option(1, "--clients", help="Clients sharing the rate limit."),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", help="Evaluate every memory term and timing at N requests."
+    ),
+    alloc_conf: str = typer.Option(
+        "default",
+        "--alloc-conf",
+        help="hf: default, or expandable (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True).",
+    ),
+    calibration: str | None = typer.Option(
+        None, "--calibration", help="A `capplan calibrate` profile: timing from this host."
+    ),
     vram: str | None = typer.Option(
         None, "--vram", help="Custom GPU memory (RAM with --gpu cpu), e.g. 24GiB."
     ),
@@ -132,6 +143,9 @@ def estimate(
             enforce_eager=enforce_eager,
             target_concurrency=target_concurrency,
             clients=clients,
+            concurrency=concurrency,
+            alloc_conf=alloc_conf,
+            calibration=calibration,
             vram=vram,
             cores=cores,
             bandwidth=bandwidth,
@@ -179,6 +193,10 @@ def _command_line(model: str, gpu: str | None, quant: str | None, result: Estima
         parts.append(f"--vllm-version {result.vllm.version}")
     if w.gpus > 1:
         parts.append(f"--gpus {w.gpus} --tp {w.tp}")
+    if w.alloc_conf != "default":
+        parts.append(f"--alloc-conf {w.alloc_conf}")
+    if result.timing.calibrated:
+        parts.append(f"--calibration {result.timing.basis.split(' ')[1]}")
     return " ".join(parts)
 
 

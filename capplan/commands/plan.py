@@ -37,6 +37,9 @@ def plan(
     concurrency: int | None = typer.Option(
         None, help="Concurrent requests per replica (default: the run's, or the KV limit)."
     ),
+    calibration: str | None = typer.Option(
+        None, help="Estimate mode: a `capplan calibrate` profile for the timing."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the plan as JSON."),
 ) -> None:
     """Replicas (and GPUs) for --rate, from a measured run, a sweep, or an estimate."""
@@ -60,7 +63,7 @@ def plan(
         if model is None:
             raise InputError("estimate mode needs --model with --gpu")
         profile = _profile_from_estimate(
-            str(gpu), model, quant, prompt_tokens, max_tokens, concurrency
+            str(gpu), model, quant, prompt_tokens, max_tokens, concurrency, calibration
         )
     result = plan_replicas(
         profile, rate, slos, headroom=headroom, gpus_per_replica=gpus_per_replica
@@ -143,17 +146,24 @@ def _profile_from_estimate(
     prompt_tokens: int,
     max_tokens: int,
     concurrency: int | None,
+    calibration: str | None = None,
 ) -> Any:
     """The estimator's own figures: its recommended max_concurrent (KV fit, capped where decode
     turns compute bound) as the slots, and its roofline step with the batch's matmul floor."""
     from capplan.errors import InputError
+    from capplan.estimate.calibration import read_profile
     from capplan.estimate.options import EstimateOptions, estimate_from_options
     from capplan.estimate.service_timing import service_timing
     from capplan.planning.plan import profile_from_timing
 
     result = estimate_from_options(
         EstimateOptions(
-            model=model, gpu=gpu, quant=quant, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+            model=model,
+            gpu=gpu,
+            quant=quant,
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            calibration=calibration,
         )
     )
     if result.concurrency < 1:
@@ -162,13 +172,15 @@ def _profile_from_estimate(
             "(capplan estimate shows why); shorten the workload or pick a larger GPU"
         )
     slots = concurrency or result.settings.max_concurrent
-    timing = service_timing(gpu, model, quant=quant)
+    profile = read_profile(calibration) if calibration else None
+    timing = service_timing(gpu, model, quant=quant, calibration=profile)
     return profile_from_timing(
         slots=slots,
         prompt_tokens=prompt_tokens,
         output_tokens=max_tokens,
-        prefill_ms_per_token=timing.prefill_ms_per_token,
+        prefill_ms=timing.overhead_ms + timing.prefill_ms(prompt_tokens),
         decode_step_ms=lambda kv_tokens: timing.decode_step_ms(kv_tokens, slots),
         source=f"estimate: {model} on {gpu}, {prompt_tokens}+{max_tokens} tokens, "
-        f"max_concurrent {result.settings.max_concurrent} (KV fits {result.concurrency})",
+        f"max_concurrent {result.settings.max_concurrent} ({result.concurrency_bound}); "
+        f"timing {'calibrated' if timing.calibrated else 'uncalibrated'}",
     )

@@ -21,6 +21,11 @@ def sweep(
         help="Start the reference server once for the sweep: its options, e.g. "
         "'--backend emulated --ttft-ms 50 --tpot-ms 20'.",
     ),
+    calibration: str | None = typer.Option(
+        None,
+        help="A `capplan calibrate` profile for a launched emulated server's timing "
+        "(added to --launch).",
+    ),
     axis: str = typer.Option("concurrency", help="concurrency (closed loop) or rate (open loop)."),
     start: float = typer.Option(1.0, help="First load of the ladder."),
     max_load: float = typer.Option(64.0, "--max", help="Highest load the ladder tries."),
@@ -86,7 +91,7 @@ def sweep(
     )
     overrides: dict[str, Any] = {
         "url": url,
-        "launch": launch,
+        "launch": _with_calibration(launch, calibration),
         "requests": requests,
         "duration": duration,
         "prompt_tokens": prompt_tokens,
@@ -154,3 +159,17 @@ def _parse_points(points: str | None) -> tuple[float, ...]:
     if any(v <= 0 for v in values):
         raise InputError("--points must all be above 0")
     return values
+
+
+def _with_calibration(launch: str | None, calibration: str | None) -> str | None:
+    """--launch options with `--calibration FILE` added: only the emulated backend uses it."""
+    from capplan.errors import InputError
+
+    if calibration is None:
+        return launch
+    if launch is None or "emulated" not in launch:
+        raise InputError(
+            "--calibration applies to a launched emulated server (--launch '--backend emulated "
+            "--gpu G --emulated-model M'); a real server's timing is measured, not modelled"
+        )
+    return f"{launch} --calibration {calibration}"

@@ -29,6 +29,13 @@ def validate(
         None, help="A sweep directory of the same workload: its safe concurrency is measured."
     ),
     tolerance: float = typer.Option(10.0, help="Error (%) within which a figure agrees."),
+    calibration: str | None = typer.Option(
+        None, help="A `capplan calibrate` profile: the estimate's timing from this host."
+    ),
+    runtime: str = typer.Option("hf", help="The runtime the server uses: hf or vllm."),
+    tokenizer: str | None = typer.Option(
+        None, help="'embedded' or a tokenizer dir for exact prompt lengths (default: by model)."
+    ),
     out: Path | None = typer.Option(None, help="Run directory (default reports/validate-<time>)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the table as JSON."),
 ) -> None:
@@ -53,11 +60,11 @@ def validate(
     if url is not None and run is not None:
         raise InputError("give --url (measure now) or --run (a finished run), not both")
     shape = WorkloadShape(prompt_tokens, max_tokens, concurrency)
-    timing, estimated = _estimate(gpu, model, shape)
+    timing, estimated = _estimate(gpu, model, shape, runtime, calibration)
     emulated = url is None and run is None
     if run is None:
         run = out or Path("reports") / f"validate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-        _measure(run, gpu, model, shape, requests, url)
+        _measure(run, gpu, model, shape, requests, url, calibration, tokenizer)
     summary = load_run(run, with_records=False).summary
     _check_same_workload(summary.get("config") or {}, shape, run)
     counts = summary.get("requests") or {}
@@ -79,7 +86,10 @@ def validate(
     )
     mode = "emulated backend" if emulated else "measured server"
     subject = f"{model} on {gpu}, {prompt_tokens}+{max_tokens} tokens x {concurrency} ({mode})"
-    notes = {"safe_concurrency": f"recommended with 3% margin: {estimated.concurrency}"}
+    notes = {"safe_concurrency": f"recommended: {estimated.concurrency}"}
+    basis = "calibrated" if timing.calibrated else "uncalibrated (capplan calibrate measures it)"
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        notes[key] = f"estimate {basis}"
     if sweep is None:
         notes["safe_concurrency"] += "; --sweep DIR measures it"
     result = side_by_side(estimate, measured, subject=subject, tolerance_pct=tolerance, notes=notes)
@@ -114,25 +124,39 @@ def _check_same_workload(config: dict[str, Any], shape: Any, run: Path) -> None:
         )
 
 
-def _estimate(gpu: str, model: str, shape: Any) -> tuple[Any, Any]:
-    """Service timing, and the estimator's result for this workload (memory terms, concurrency)."""
+def _estimate(
+    gpu: str, model: str, shape: Any, runtime: str, calibration: str | None
+) -> tuple[Any, Any]:
+    """Service timing, and the estimator's result at this workload and concurrency."""
+    from capplan.estimate.calibration import read_profile
     from capplan.estimate.options import EstimateOptions, estimate_from_options
     from capplan.estimate.service_timing import service_timing
 
-    timing = service_timing(gpu, model)
+    profile = read_profile(calibration) if calibration else None
+    timing = service_timing(gpu, model, runtime=runtime, calibration=profile)
     result = estimate_from_options(
         EstimateOptions(
             model=model,
             gpu=gpu,
+            runtime=runtime,
             prompt_tokens=shape.prompt_tokens,
             max_tokens=shape.output_tokens,
+            concurrency=shape.concurrency,
+            calibration=calibration,
         )
     )
     return timing, result
 
 
 def _measure(
-    run_dir: Path, gpu: str, model: str, shape: Any, requests: int, url: str | None
+    run_dir: Path,
+    gpu: str,
+    model: str,
+    shape: Any,
+    requests: int,
+    url: str | None,
+    calibration: str | None,
+    tokenizer: str | None,
 ) -> None:
     from capplan.loadtest.httpx.run import run_load
     from capplan.loadtest.run import load_scenario
@@ -144,6 +168,8 @@ def _measure(
         "max_tokens": shape.output_tokens,
         "ignore_eos": True,
         "name": "validate",
+        "tokenizer": tokenizer
+        or ("embedded" if model in ("embedded", "capplan-tiny-qwen3") else None),
     }
     if url is not None:
         overrides["url"] = url
@@ -153,6 +179,8 @@ def _measure(
             "--max-concurrent", str(shape.concurrency), "--queue-size", str(shape.concurrency),
             "--max-tokens-cap", str(max(shape.output_tokens, 1024)),
         ]  # fmt: skip
+        if calibration:
+            overrides["launch"] += ["--calibration", str(calibration)]
     run_load(load_scenario(None, overrides), out_dir=run_dir, reports=False)
 
 

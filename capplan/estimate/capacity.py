@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from capplan.catalog import loader
 from capplan.catalog.vllm_versions import vllm_version
 from capplan.errors import InputError
 from capplan.estimate.architecture import ModelSpec
+from capplan.estimate.calibration import StepCosts, step_costs
 from capplan.estimate.gpu_spec import GpuSpec
 from capplan.estimate.kv_cache import (
     kv_bytes_for_context,
@@ -14,13 +16,7 @@ from capplan.estimate.kv_cache import (
     kv_dtype_bytes,
     max_tokens_in_budget,
 )
-from capplan.estimate.memory_hf import (
-    CPU_PROCESS_BYTES,
-    CUDA_CONTEXT_BYTES,
-    HfAssumptions,
-    HfBudget,
-    hf_budget,
-)
+from capplan.estimate.memory_hf import CPU_PROCESS_BYTES, HfBudget, HfShape, hf_budget
 from capplan.estimate.memory_vllm import VllmBudget, default_scheduler_limits, vllm_budget
 from capplan.estimate.quantization import QuantScheme, WeightStorage, weight_storage
 from capplan.estimate.result import MemoryTerms, Workload
@@ -43,17 +39,18 @@ class VllmOptions:
 
 @dataclass(frozen=True)
 class Capacity:
-    """Everything about one replica that depends on memory."""
+    """Everything about one replica that depends on memory, and its step model."""
 
     weights: WeightStorage
     kv_element_bytes: int
     hf: HfBudget | None
     vllm: VllmBudget | None
-    concurrency: int
-    zero_margin_concurrency: int
+    concurrency: int  # what fits in memory (hf: device peak + margin within total)
+    zero_margin_concurrency: int  # hf: where generate() raises out-of-memory
     largest_context: int
     memory: MemoryTerms
     roofline: Roofline
+    costs: StepCosts
 
 
 def check_parallelism(spec: ModelSpec, gpus: int, tp: int) -> None:
@@ -72,18 +69,25 @@ def check_parallelism(spec: ModelSpec, gpus: int, tp: int) -> None:
         )
 
 
-def capacity(
+def cuda_context_bytes(gpu: GpuSpec, runtime: str) -> int:
+    """The CUDA context and workspaces: measured for this GPU when the catalog has it."""
+    if gpu.cuda_context_bytes is not None:
+        return gpu.cuda_context_bytes
+    return loader.runtime(runtime).cuda_context_bytes
+
+
+def step_model(
     gpu: GpuSpec,
     spec: ModelSpec,
     scheme: QuantScheme,
     workload: Workload,
-    vllm_options: VllmOptions | None = None,
-) -> Capacity:
+    costs: StepCosts,
+) -> Roofline:
+    """The roofline of one rank with the runtime's floor and efficiencies (`costs`)."""
     tp = workload.tp
     element = kv_dtype_bytes(workload.kv_dtype)
-    weights = weight_storage(spec, scheme, tp=tp)
-    roof = Roofline(
-        weights_bytes=weights.total_bytes,
+    return Roofline(
+        weights_bytes=weight_storage(spec, scheme, tp=tp).total_bytes,
         matmul_params=matmul_params(spec) // tp,
         attention_width=attention_width(spec) // tp,
         kv_bytes_per_token=kv_bytes_per_token(spec, element, tp),
@@ -91,10 +95,31 @@ def capacity(
         tflops=gpu.tflops_fp16,
         decode_slowdown=scheme.decode_slowdown,
         prefill_slowdown=scheme.prefill_slowdown,
+        bandwidth_efficiency=costs.bandwidth_efficiency,
+        compute_efficiency=costs.compute_efficiency,
+        floor_ms=costs.floor_ms_per_layer * spec.layers,
+        host_ms_per_sequence=costs.host_ms_per_sequence,
+        overhead_ms=costs.overhead_ms,
     )
+
+
+def capacity(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    vllm_options: VllmOptions | None = None,
+    costs: StepCosts | None = None,
+) -> Capacity:
+    costs = costs or step_costs(workload.runtime, device_kind=gpu.kind)
+    element = kv_dtype_bytes(workload.kv_dtype)
+    weights = weight_storage(spec, scheme, tp=workload.tp)
+    roof = step_model(gpu, spec, scheme, workload, costs)
     if workload.runtime == "vllm":
-        return _vllm_capacity(gpu, spec, scheme, workload, vllm_options, weights, element, roof)
-    return _hf_capacity(gpu, spec, scheme, workload, weights, element, roof)
+        cap = _vllm_capacity(gpu, spec, scheme, workload, vllm_options, weights, element, roof)
+    else:
+        cap = _hf_capacity(gpu, spec, scheme, workload, weights, element, roof)
+    return replace(cap, costs=costs)
 
 
 def _hf_capacity(
@@ -106,39 +131,46 @@ def _hf_capacity(
     element: int,
     roof: Roofline,
 ) -> Capacity:
-    def budget(margin: float) -> HfBudget:
-        return hf_budget(
-            spec,
-            scheme,
-            total_bytes=gpu.total_bytes,
-            weights_bytes=weights.total_bytes,
-            kv_element_bytes=element,
-            prompt_tokens=workload.prompt_tokens,
-            max_tokens=workload.max_tokens,
-            tp=workload.tp,
-            assumptions=HfAssumptions(
-                cuda_context_bytes=CPU_PROCESS_BYTES if gpu.kind == "cpu" else CUDA_CONTEXT_BYTES,
-                margin_fraction=margin,
-            ),
-        )
-
-    hf = budget(workload.margin_fraction)
-    zero = budget(0.0)
+    context = CPU_PROCESS_BYTES if gpu.kind == "cpu" else cuda_context_bytes(gpu, "hf")
+    shape = HfShape(
+        spec=spec,
+        scheme=scheme,
+        weights_bytes=weights.total_bytes,
+        kv_element_bytes=element,
+        prompt_tokens=workload.prompt_tokens,
+        max_tokens=workload.max_tokens,
+        context_bytes=context,
+        tp=workload.tp,
+        # CPU memory has no caching allocator of its own to fragment.
+        alloc_conf="expandable" if gpu.kind == "cpu" else workload.alloc_conf,
+    )
+    fit = hf_budget(
+        shape, total_bytes=gpu.total_bytes, margin_fraction=workload.margin_fraction, at=None
+    )
+    at = workload.concurrency or min(max(1, fit.max_concurrency), roof.compute_bound_batch)
+    hf = hf_budget(
+        shape, total_bytes=gpu.total_bytes, margin_fraction=workload.margin_fraction, at=at
+    )
     largest = min(
         spec.max_positions, max_tokens_in_budget(spec, hf.kv_budget_bytes, element, workload.tp)
     )
+    peak = hf.at
     memory = MemoryTerms(
         total_bytes=hf.total_bytes,
         weights_bytes=hf.weights_bytes,
         non_torch_bytes=hf.cuda_context_bytes,
-        activation_bytes=hf.activation_bytes,
-        allocator_reserve_bytes=hf.allocator_reserve_bytes,
+        activation_bytes=peak.activation_bytes,
+        allocator_reserve_bytes=peak.reserved_peak_bytes - peak.allocated_peak_bytes,
         margin_bytes=hf.margin_bytes,
         kv_per_token_bytes=hf.kv_per_token_bytes,
         kv_per_request_bytes=hf.kv_per_request_bytes,
         kv_budget_bytes=hf.kv_budget_bytes,
-        kv_in_use_bytes=hf.kv_in_use_bytes,
+        kv_in_use_bytes=peak.kv_bytes,
         free_bytes=hf.free_bytes,
+        concurrency=peak.concurrency,
+        allocated_peak_bytes=peak.allocated_peak_bytes,
+        peak_bytes=peak.peak_bytes,
+        peak_phase=peak.phase,
     )
     return Capacity(
         weights=weights,
@@ -146,10 +178,11 @@ def _hf_capacity(
         hf=hf,
         vllm=None,
         concurrency=hf.max_concurrency,
-        zero_margin_concurrency=zero.max_concurrency,
+        zero_margin_concurrency=hf.oom_concurrency,
         largest_context=max(0, largest),
         memory=memory,
         roofline=roof,
+        costs=step_costs("hf", device_kind=gpu.kind),
     )
 
 
@@ -183,16 +216,22 @@ def _vllm_capacity(
         enforce_eager=options.enforce_eager,
     )
     concurrency = budget.workload_concurrency if budget.starts else 0
+    at = workload.concurrency or concurrency
     per_request = kv_bytes_for_context(spec, workload.request_tokens, element, workload.tp)
-    kv_in_use = concurrency * budget.request_pages * budget.page_bytes
+    kv_in_use = at * budget.request_pages * budget.page_bytes
     unrequested = budget.total_bytes - budget.requested_bytes
     # The shared terms: weights as vLLM's "Model loading took" (with the rotary cache), and the
     # profile peak with the CUDA-graph estimate, as vLLM 0.27+ logs its "peak activation".
+    # vLLM allocates its whole KV pool at start: the peak does not grow with the requests.
+    pool = max(0, budget.num_blocks * budget.page_bytes)
+    weights_bytes = budget.weights_bytes + budget.rotary_cache_bytes
+    activations = budget.activation_bytes + budget.cudagraph_bytes
+    allocated = weights_bytes + activations + pool
     memory = MemoryTerms(
         total_bytes=budget.total_bytes,
-        weights_bytes=budget.weights_bytes + budget.rotary_cache_bytes,
+        weights_bytes=weights_bytes,
         non_torch_bytes=budget.non_torch_bytes,
-        activation_bytes=budget.activation_bytes + budget.cudagraph_bytes,
+        activation_bytes=activations,
         allocator_reserve_bytes=0,
         margin_bytes=unrequested,
         kv_per_token_bytes=budget.kv_per_token_bytes,
@@ -200,6 +239,10 @@ def _vllm_capacity(
         kv_budget_bytes=budget.kv_budget_bytes,
         kv_in_use_bytes=kv_in_use,
         free_bytes=max(0, budget.kv_budget_bytes) - kv_in_use,
+        concurrency=at,
+        allocated_peak_bytes=allocated,
+        peak_bytes=allocated + budget.non_torch_bytes,
+        peak_phase="KV pool allocated at start",
     )
     return Capacity(
         weights=weights,
@@ -211,6 +254,7 @@ def _vllm_capacity(
         largest_context=min(budget.kv_cache_tokens, budget.max_model_len),
         memory=memory,
         roofline=roof,
+        costs=step_costs("vllm", device_kind=gpu.kind),
     )
 
 
@@ -221,12 +265,13 @@ def max_tokens_for_concurrency(
     workload: Workload,
     target: int,
     vllm_options: VllmOptions | None = None,
+    costs: StepCosts | None = None,
 ) -> int | None:
     """Largest max_tokens at which `target` requests of this prompt run at once (None: none)."""
 
     def fits(max_tokens: int) -> bool:
-        trial = replace(workload, max_tokens=max_tokens)
-        return capacity(gpu, spec, scheme, trial, vllm_options).concurrency >= target
+        trial = replace(workload, max_tokens=max_tokens, concurrency=None)
+        return capacity(gpu, spec, scheme, trial, vllm_options, costs).concurrency >= target
 
     limit = spec.max_positions
     if workload.runtime == "vllm" and vllm_options and vllm_options.max_model_len:

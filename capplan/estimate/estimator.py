@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from capplan.catalog import loader
 from capplan.catalog.vllm_versions import vllm_version
 from capplan.errors import InputError
+from capplan.estimate.allocator import ALLOC_CONFS
 from capplan.estimate.architecture import ModelSpec, parameter_count, parameters_by_role
+from capplan.estimate.calibration import CalibrationProfile, StepCosts, check_matches, step_costs
 from capplan.estimate.capacity import (
     RUNTIMES,
     Capacity,
@@ -17,16 +20,16 @@ from capplan.estimate.capacity import (
 )
 from capplan.estimate.gpu_spec import GpuSpec
 from capplan.estimate.kv_cache import resolve_kv_dtype
-from capplan.estimate.memory_hf import (
-    ALLOCATOR_RESERVE_FRACTION,
-    CPU_PROCESS_BYTES,
-    CUDA_CONTEXT_BYTES,
-    SAFETY_MARGIN_FRACTION,
-)
+from capplan.estimate.memory_hf import CPU_PROCESS_BYTES, SAFETY_MARGIN_FRACTION
 from capplan.estimate.memory_vllm import vllm_assumptions
 from capplan.estimate.model_spec import ResolvedModel
 from capplan.estimate.quantization import QuantScheme
-from capplan.estimate.recommend import alternatives, server_settings, timing
+from capplan.estimate.recommend import (
+    alternatives,
+    recommended_concurrency,
+    server_settings,
+    timing,
+)
 from capplan.estimate.result import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_PROMPT_TOKENS,
@@ -55,6 +58,9 @@ class EstimateRequest:
     target_concurrency: int | None = None
     clients: int = 1
     vllm: VllmOptions = field(default_factory=VllmOptions)
+    concurrency: int | None = None  # evaluate every term and timing at N requests
+    alloc_conf: str = "default"  # hf: PYTORCH_CUDA_ALLOC_CONF (default | expandable)
+    calibration: CalibrationProfile | None = None
 
 
 def _workload(request: EstimateRequest) -> Workload:
@@ -71,6 +77,14 @@ def _workload(request: EstimateRequest) -> Workload:
         raise InputError("--target-concurrency must be at least 1")
     if request.clients < 1:
         raise InputError("--clients must be at least 1")
+    if request.concurrency is not None and request.concurrency < 1:
+        raise InputError("--concurrency must be at least 1")
+    if request.alloc_conf not in ALLOC_CONFS:
+        raise InputError(
+            f"unknown --alloc-conf '{request.alloc_conf}'; choose default or expandable"
+        )
+    if request.alloc_conf != "default" and request.runtime != "hf":
+        raise InputError("--alloc-conf applies to --runtime hf (vLLM preallocates its KV pool)")
     spec = request.model.spec
     check_parallelism(spec, request.gpus, request.tp)
     if request.gpu.kind == "cpu" and (request.runtime != "hf" or request.gpus > 1):
@@ -92,6 +106,8 @@ def _workload(request: EstimateRequest) -> Workload:
         margin_fraction=request.margin,
         target_concurrency=request.target_concurrency,
         clients=request.clients,
+        concurrency=request.concurrency,
+        alloc_conf=request.alloc_conf,
     )
 
 
@@ -147,15 +163,17 @@ def estimate(request: EstimateRequest) -> EstimateResult:
     gpu, spec, scheme = request.gpu, request.model.spec, request.model.quant
     if gpu.bandwidth_bytes_s <= 0:
         raise InputError(f"no memory bandwidth known for {gpu.name}; add --bandwidth GB/s")
+    costs = step_costs(request.runtime, device_kind=gpu.kind, calibration=request.calibration)
     if gpu.kind == "cpu":
-        gpu, workload = _cpu_workers(gpu, spec, scheme, workload)
-    cap = capacity(gpu, spec, scheme, workload, request.vllm)
+        gpu, workload = _cpu_workers(gpu, spec, scheme, workload, costs)
+    cap = capacity(gpu, spec, scheme, workload, request.vllm, costs)
     t = timing(cap, workload)
     fits = cap.concurrency >= 1
+    recommended, bound = recommended_concurrency(cap)
     target = None
     if workload.target_concurrency is not None:
         target = max_tokens_for_concurrency(
-            gpu, spec, scheme, workload, workload.target_concurrency, request.vllm
+            gpu, spec, scheme, workload, workload.target_concurrency, request.vllm, costs
         )
     return EstimateResult(
         schema_version=SCHEMA_VERSION,
@@ -172,22 +190,36 @@ def estimate(request: EstimateRequest) -> EstimateResult:
         vllm=cap.vllm,
         fits=fits,
         verdict=_verdict(cap, workload),
-        concurrency=cap.concurrency,
-        total_concurrency=cap.concurrency * workload.replicas,
+        concurrency=recommended,
+        concurrency_bound=bound,
+        total_concurrency=recommended * workload.replicas,
         zero_margin_concurrency=cap.zero_margin_concurrency,
         compute_bound_batch=cap.roofline.compute_bound_batch,
         largest_context=cap.largest_context,
         target_max_tokens=target,
         timing=t,
-        settings=server_settings(cap, workload, t, cpu=gpu.kind == "cpu"),
-        alternatives=[] if fits else alternatives(gpu, spec, scheme, workload, request.vllm),
+        settings=server_settings(
+            cap, workload, t, model_context=_context_limit(request), cpu=gpu.kind == "cpu"
+        ),
+        alternatives=(
+            [] if fits else alternatives(gpu, spec, scheme, workload, request.vllm, costs)
+        ),
         assumptions=_assumptions(workload, cap, request),
         notes=_notes(cap, request),
     )
 
 
+def _context_limit(request: EstimateRequest) -> int:
+    """The longest prompt + output the runtime serves: vLLM's max_model_len, else the model's
+    positions (a chat template lengthens prompts, so the request's own size is no limit)."""
+    positions = request.model.spec.max_positions
+    if request.runtime == "vllm" and request.vllm.max_model_len:
+        return min(positions, request.vllm.max_model_len)
+    return positions
+
+
 def _cpu_workers(
-    cpu: GpuSpec, spec: ModelSpec, scheme: QuantScheme, workload: Workload
+    cpu: GpuSpec, spec: ModelSpec, scheme: QuantScheme, workload: Workload, costs: StepCosts
 ) -> tuple[GpuSpec, Workload]:
     """CPU workers by cores and RAM: the most (up to one per 8 cores) whose own copy of the
     weights still leaves room for a request. Each worker gets its share of RAM, bandwidth and
@@ -201,7 +233,7 @@ def _cpu_workers(
             tflops_fp16=cpu.tflops_fp16 / workers,
         )
         trial = replace(workload, gpus=workers, tp=1)
-        if workers == 1 or capacity(share, spec, scheme, trial).concurrency >= 1:
+        if workers == 1 or capacity(share, spec, scheme, trial, costs=costs).concurrency >= 1:
             return share, trial
     raise AssertionError("unreachable")
 
@@ -234,14 +266,18 @@ def _verdict(cap: Capacity, w: Workload) -> str:
             f"weights, CUDA context, activations, allocator reserve and margin, but one request of "
             f"{shape} needs {format_bytes(m.kv_per_request_bytes)}."
         )
-    if cap.vllm is not None:
-        margin = f"inside vLLM's gpu_memory_utilization {cap.vllm.gpu_memory_utilization}"
+    recommended, bound = recommended_concurrency(cap)
+    if recommended < cap.concurrency:
+        why = f"bounded by {bound.split(':')[0]}; {cap.concurrency} fit in memory"
+    elif cap.vllm is not None:
+        why = f"inside vLLM's gpu_memory_utilization {cap.vllm.gpu_memory_utilization}"
     else:
-        margin = (
-            f"with a {w.margin_fraction:.0%} safety margin; {cap.zero_margin_concurrency} with none"
+        why = (
+            f"with a {w.margin_fraction:.0%} safety margin on the device peak; out-of-memory "
+            f"past {cap.zero_margin_concurrency}"
         )
-    noun = "request" if cap.concurrency == 1 else "requests"
-    return f"Fits: {cap.concurrency} concurrent {noun} of {shape}{per_gpu} ({margin})."
+    noun = "request" if recommended == 1 else "requests"
+    return f"Fits: {recommended} concurrent {noun} of {shape}{per_gpu} ({why})."
 
 
 def _assumptions(w: Workload, cap: Capacity, request: EstimateRequest) -> list[str]:
@@ -264,22 +300,32 @@ def _assumptions(w: Workload, cap: Capacity, request: EstimateRequest) -> list[s
             "evenly between workers",
         ]
     elif cap.hf is not None:
+        conf = (
+            "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (modelled, not yet measured on a GPU)"
+            if w.alloc_conf == "expandable"
+            else "the default caching allocator (cached blocks the growing cache leaves "
+            "behind counted; measured on an H200)"
+        )
         items += [
-            f"runtime hf (transformers generate): CUDA context and workspaces "
-            f"{format_bytes(CUDA_CONTEXT_BYTES)}, caching-allocator reserve "
-            f"{ALLOCATOR_RESERVE_FRACTION:.0%} of activations + KV, safety margin "
+            f"runtime hf: one generate() over a batch of the concurrent requests with the "
+            f"default DynamicCache; CUDA context and workspaces "
+            f"{format_bytes(cap.hf.cuda_context_bytes)}; {conf}; safety margin "
             f"{w.margin_fraction:.0%} of total memory",
-            "activations: one prefill at a time; decode batched across in-flight requests "
-            "(max_batch = max_concurrent)",
         ]
     if cap.vllm is not None:
         items += vllm_assumptions(cap.vllm)
     items.append(
-        f"decode reads all weights once per step plus the batch's KV at "
+        f"a step takes the largest of: all weights plus the batch's KV read at "
         f"{roof.bandwidth_efficiency:.0%} of {request.gpu.bandwidth_bytes_s / 1e9:.0f} GB/s; "
-        f"prefill ~2 x params FLOPs per token at {roof.compute_efficiency:.0%} of "
-        f"{request.gpu.tflops_fp16:g} TFLOPS"
+        f"~2 x params FLOPs per token at {roof.compute_efficiency:.3g} of "
+        f"{request.gpu.tflops_fp16:g} TFLOPS; the runtime's floor {roof.floor_ms:.3g} ms "
+        f"({cap.costs.floor_ms_per_layer:g} ms x {request.model.spec.layers} layers)"
     )
+    items.append(f"timing {cap.costs.basis}")
+    if not cap.costs.calibrated:
+        entry = loader.runtime(request.runtime)
+        source = entry.cpu_floor_source if request.gpu.kind == "cpu" else entry.gpu_floor_source
+        items.append(f"{request.runtime} floor: {source}; efficiencies: {entry.compute_source}")
     if roof.decode_slowdown != 1.0:
         items.append(
             f"{request.model.quant.label} kernels: decode x{roof.decode_slowdown:g} slower and "
@@ -294,6 +340,8 @@ def _notes(cap: Capacity, request: EstimateRequest) -> list[str]:
     spec, scheme, gpu = request.model.spec, request.model.quant, request.gpu
     weights = cap.weights
     notes = []
+    if request.calibration is not None:
+        notes += check_matches(request.calibration, request.runtime)
     if weights.naive_bytes and weights.total_bytes > weights.naive_bytes * 1.02:
         short = 1 - weights.naive_bytes / weights.total_bytes
         notes.append(

@@ -30,6 +30,7 @@ class GpuSpec:
     kind: str = "gpu"  # "gpu", or "cpu" for CPU inference (total = RAM)
     cores: int = 0  # CPU cores (cpu only)
     sm_count: int = 0  # streaming multiprocessors when catalogued, else 0
+    cuda_context_bytes: int | None = None  # measured for this GPU; None: the runtime's default
 
 
 # CPU inference defaults, overridable with --bandwidth and --tflops: dual-channel DDR4/DDR5
@@ -86,6 +87,9 @@ def from_catalog(entry: loader.GpuEntry) -> GpuSpec:
         bf16=entry.bf16,
         fp8=entry.fp8,
         source=entry.source,
+        cuda_context_bytes=(
+            entry.cuda_context_mib * 1024**2 if entry.cuda_context_mib is not None else None
+        ),
         check=entry.check,
         sm_count=entry.sms or 0,
     )

@@ -1,62 +1,41 @@
-"""Memory budget under `--runtime hf` (transformers `generate`, what the reference server runs).
+"""Memory under `--runtime hf`: the user's server calling transformers `generate()` on a batch of
+`c` requests with the default DynamicCache, as the seeds' servers do.
 
-    total = weights + CUDA context + margin + (prefill activations + c x KV per request) x (1 + f)
+Two peaks, both at `c` requests:
 
-where f is the caching allocator's reserve (fragmentation from caches that grow by
-`torch.cat` every step), the margin is a stated fraction of total memory, and c is the number
-of requests in flight.
+    allocated = weights + max(prefill: c x KV(prompt) + activations of c prompts,
+                              decode end: c x KV(prompt + max_tokens) + one layer's cat copy
+                              + the step's logits)
+    reserved  = what PyTorch's caching allocator holds: allocated, plus the cached blocks that the
+                growing cache leaves behind (`allocator.reserved_peak`)
+    device    = CUDA context + reserved: what NVML (nvidia-smi) shows for the process
+
+`allocated` decides when `generate()` raises out-of-memory (the allocator frees its cache and
+retries before it gives up); `device` is what the GPU, and every other process on it, sees.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from capplan.estimate.allocator import ALLOC_CONFS, reserved_peak
 from capplan.estimate.architecture import ModelSpec
 from capplan.estimate.kv_cache import kv_bytes_for_context, kv_bytes_per_token
 from capplan.estimate.quantization import QuantScheme
 
 MIB = 1024**2
-# CUDA context, cuBLAS workspaces and loaded kernels: a few hundred MiB, outside
-# torch.cuda.memory_allocated(); 400 MiB matches an RTX 3080 with lazy module loading.
+# The CUDA context and cuBLAS workspaces, outside torch.cuda.memory_allocated(): the default of
+# capplan/catalog/runtimes.toml (a consumer GPU with lazy module loading; the H200's is measured).
 CUDA_CONTEXT_BYTES = 400 * MIB
 # CPU inference: the Python process with torch and a tokenizer loaded, before any weights.
 CPU_PROCESS_BYTES = 1024 * MIB
-ALLOCATOR_RESERVE_FRACTION = 0.10
 SAFETY_MARGIN_FRACTION = 0.03
-
-
-@dataclass(frozen=True)
-class HfAssumptions:
-    cuda_context_bytes: int = CUDA_CONTEXT_BYTES
-    allocator_reserve_fraction: float = ALLOCATOR_RESERVE_FRACTION
-    margin_fraction: float = SAFETY_MARGIN_FRACTION
-
-
-@dataclass(frozen=True)
-class HfBudget:
-    """Every term of the hf budget, per GPU (per rank under tensor parallelism)."""
-
-    total_bytes: int
-    weights_bytes: int
-    cuda_context_bytes: int
-    margin_bytes: int
-    activation_bytes: int
-    request_tokens: int
-    kv_per_token_bytes: int
-    kv_per_request_bytes: int
-    kv_budget_bytes: int  # what is left for KV once everything else (reserve included) is paid
-    max_concurrency: int
-    allocator_reserve_bytes: int  # at max_concurrency
-    kv_in_use_bytes: int  # at max_concurrency
-    free_bytes: int  # left over at max_concurrency
-
-    @property
-    def fits(self) -> bool:
-        return self.max_concurrency >= 1
+MAX_SEARCH = 1 << 20  # requests: beyond any real batch
 
 
 def prefill_activation_bytes(spec: ModelSpec, scheme: QuantScheme, tokens: int, tp: int = 1) -> int:
-    """Peak temporaries of one prefill forward of `tokens` tokens.
+    """Peak temporaries of one prefill forward of `tokens` tokens (all prompts together).
 
     Per layer the largest live set is the gated MLP: gate and up outputs and their product
     (3 x tokens x intermediate) next to the residual stream, the normed input and an fp32
@@ -73,42 +52,144 @@ def prefill_activation_bytes(spec: ModelSpec, scheme: QuantScheme, tokens: int, 
     return mlp + residual + attention + extra + logits
 
 
+@dataclass(frozen=True)
+class HfPeak:
+    """Every term at one concurrency, per GPU (per rank under tensor parallelism)."""
+
+    concurrency: int
+    kv_bytes: int  # the batch's cache at its largest
+    activation_bytes: int  # what the peak holds besides weights and cache
+    phase: str  # "prefill" or "decode end": where the allocated peak falls
+    allocated_peak_bytes: int  # weights + cache + activations: decides out-of-memory
+    reserved_peak_bytes: int  # what the caching allocator holds at its peak
+    peak_bytes: int  # context + reserved: what NVML shows for the process
+
+
+@dataclass(frozen=True)
+class HfShape:
+    """One workload on one model, reduced to the sizes the peaks need."""
+
+    spec: ModelSpec
+    scheme: QuantScheme
+    weights_bytes: int
+    kv_element_bytes: int
+    prompt_tokens: int
+    max_tokens: int
+    context_bytes: int
+    tp: int = 1
+    alloc_conf: str = "default"
+
+    def peak(self, concurrency: int) -> HfPeak:
+        c = max(1, concurrency)
+        p, m = self.prompt_tokens, self.max_tokens
+        spec, tp, element = self.spec, self.tp, self.kv_element_bytes
+        kv_prompt = c * kv_bytes_for_context(spec, p, element, tp)
+        kv_full = c * kv_bytes_for_context(spec, p + m, element, tp)
+        prefill_act = prefill_activation_bytes(spec, self.scheme, c * p, tp) - spec.vocab * 8
+        logits = c * spec.vocab * (4 + 4 + 2)  # bf16 head output, fp32 copy, processed scores
+        # torch.cat holds a layer's old and new K (or V) at once: one more tensor of the layer.
+        cat_copy = c * (p + m) * kv_bytes_for_context(spec, 1, element, tp) // (2 * spec.layers)
+        prefill = kv_prompt + prefill_act + logits
+        decode = kv_full + cat_copy + logits if m > 0 else 0
+        act, phase = (
+            (prefill - kv_prompt, "prefill")
+            if prefill >= decode
+            else (decode - kv_full, "decode end")
+        )
+        allocated = self.weights_bytes + max(prefill, decode)
+        reserved = reserved_peak(
+            alloc_conf=self.alloc_conf,
+            allocated_peak=allocated,
+            weights_bytes=self.weights_bytes,
+            kv_tensor_step_bytes=c * kv_bytes_per_token(spec, element, tp) // (2 * spec.layers),
+            kv_tensor_prompt_bytes=kv_prompt // (2 * spec.layers),
+            kv_tensors=2 * spec.layers,
+            decode_steps=m,
+            prefill_activation_bytes=prefill_act,
+        )
+        return HfPeak(
+            concurrency=c,
+            kv_bytes=kv_full if phase == "decode end" else kv_prompt,
+            activation_bytes=act,
+            phase=phase,
+            allocated_peak_bytes=allocated,
+            reserved_peak_bytes=reserved,
+            peak_bytes=self.context_bytes + reserved,
+        )
+
+
+def largest_fitting(fits: Callable[[int], bool]) -> int:
+    """The largest c >= 1 with `fits(c)` (monotone), or 0 when not even one fits."""
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high < MAX_SEARCH and fits(high):
+        low, high = high, high * 2
+    if high >= MAX_SEARCH and fits(MAX_SEARCH):
+        return MAX_SEARCH
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+@dataclass(frozen=True)
+class HfBudget:
+    """The hf budget per GPU: how many requests fit, by which bound, and the terms at `at`."""
+
+    total_bytes: int
+    weights_bytes: int
+    cuda_context_bytes: int
+    margin_bytes: int
+    alloc_conf: str
+    request_tokens: int
+    kv_per_token_bytes: int
+    kv_per_request_bytes: int
+    kv_budget_bytes: int  # room for one request's KV beside weights, context, margin, activations
+    max_concurrency: int  # device peak + margin within total: the recommendation's memory bound
+    oom_concurrency: int  # allocated peak + context within total: past it generate() raises
+    at: HfPeak  # the terms at the concurrency asked for (or max_concurrency)
+    free_bytes: int  # total - device peak at `at`
+
+    @property
+    def fits(self) -> bool:
+        return self.max_concurrency >= 1
+
+
 def hf_budget(
-    spec: ModelSpec,
-    scheme: QuantScheme,
-    *,
-    total_bytes: int,
-    weights_bytes: int,
-    kv_element_bytes: int,
-    prompt_tokens: int,
-    max_tokens: int,
-    tp: int = 1,
-    assumptions: HfAssumptions | None = None,
+    shape: HfShape, *, total_bytes: int, margin_fraction: float, at: int | None
 ) -> HfBudget:
-    a = assumptions or HfAssumptions()
-    request_tokens = prompt_tokens + max_tokens
-    per_request = kv_bytes_for_context(spec, request_tokens, kv_element_bytes, tp)
-    activations = prefill_activation_bytes(spec, scheme, prompt_tokens, tp)
-    margin = int(total_bytes * a.margin_fraction)
-    f = a.allocator_reserve_fraction
-    room = total_bytes - weights_bytes - a.cuda_context_bytes - margin
-    kv_budget = int(room / (1 + f)) - activations
-    concurrency = max(0, kv_budget // per_request) if per_request > 0 else 0
-    kv_in_use = concurrency * per_request
-    reserve = int((activations + kv_in_use) * f)
-    used = weights_bytes + a.cuda_context_bytes + margin + activations + kv_in_use + reserve
+    """How many requests of `shape` fit in `total_bytes`; the terms at `at` (default: that many)."""
+    if shape.alloc_conf not in ALLOC_CONFS:
+        raise ValueError(shape.alloc_conf)
+    margin = int(total_bytes * margin_fraction)
+    best = largest_fitting(lambda c: shape.peak(c).peak_bytes + margin <= total_bytes)
+    oom = largest_fitting(
+        lambda c: shape.context_bytes + shape.peak(c).allocated_peak_bytes <= total_bytes
+    )
+    chosen = shape.peak(at if at is not None else max(1, best))
+    per_request = kv_bytes_for_context(
+        shape.spec, shape.prompt_tokens + shape.max_tokens, shape.kv_element_bytes, shape.tp
+    )
+    one = shape.peak(1)
+    room = total_bytes - shape.weights_bytes - shape.context_bytes - margin
     return HfBudget(
         total_bytes=total_bytes,
-        weights_bytes=weights_bytes,
-        cuda_context_bytes=a.cuda_context_bytes,
+        weights_bytes=shape.weights_bytes,
+        cuda_context_bytes=shape.context_bytes,
         margin_bytes=margin,
-        activation_bytes=activations,
-        request_tokens=request_tokens,
-        kv_per_token_bytes=kv_bytes_per_token(spec, kv_element_bytes, tp),
+        alloc_conf=shape.alloc_conf,
+        request_tokens=shape.prompt_tokens + shape.max_tokens,
+        kv_per_token_bytes=kv_bytes_per_token(shape.spec, shape.kv_element_bytes, shape.tp),
         kv_per_request_bytes=per_request,
-        kv_budget_bytes=kv_budget,
-        max_concurrency=int(concurrency),
-        allocator_reserve_bytes=reserve,
-        kv_in_use_bytes=kv_in_use,
-        free_bytes=total_bytes - used,
+        kv_budget_bytes=room
+        - one.activation_bytes
+        - (one.reserved_peak_bytes - one.allocated_peak_bytes),
+        max_concurrency=best,
+        oom_concurrency=oom,
+        at=chosen,
+        free_bytes=total_bytes - chosen.peak_bytes,
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capplan import embedded_model
 from capplan.catalog import loader
 from capplan.errors import InputError
 from capplan.estimate.architecture import FAMILY_RULES, FamilyRules, ModelSpec, layer_windows
@@ -18,6 +19,9 @@ _SUFFIXES = (*SCHEME_NAMES, "bnb-int8", "bnb-nf4", "8bit", "4bit", "gptq-int4", 
 
 # transformers' per-family default for tie_word_embeddings when config.json leaves it out.
 _TIED_DEFAULT = {"gemma2": True, "gemma": True}
+
+
+EMBEDDED_SOURCE = "the reference server's embedded tiny model (capplan/embedded_model.py)"
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,15 @@ def resolve_model(
     if group_size is not None and group_size != -1 and group_size < 1:
         raise InputError(
             f"--group-size must be a power of two (32, 64, 128) or -1, got {group_size}"
+        )
+    if text.lower() in embedded_model.ALIASES:
+        spec = spec_from_config(
+            embedded_model.config_json(), embedded_model.MODEL_ID, EMBEDDED_SOURCE
+        )
+        return ResolvedModel(
+            spec,
+            _parse(quant or "native", spec, group_size or 128, True),
+            "native dtype" if not quant else "--quant",
         )
     path = Path(text).expanduser()
     if _looks_like_path(text) and path.exists():

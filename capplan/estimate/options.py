@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capplan.estimate.capacity import VllmOptions
+from capplan.estimate.architecture import ModelSpec
+from capplan.estimate.calibration import StepCosts, read_profile, step_costs
+from capplan.estimate.capacity import VllmOptions, step_model
 from capplan.estimate.estimator import DEFAULT_MARGIN, EstimateRequest, estimate
-from capplan.estimate.gpu_spec import resolve_gpu
+from capplan.estimate.gpu_spec import GpuSpec, resolve_gpu
+from capplan.estimate.kv_cache import resolve_kv_dtype
 from capplan.estimate.model_spec import resolve_model
-from capplan.estimate.result import EstimateResult
+from capplan.estimate.result import EstimateResult, Workload
+from capplan.estimate.roofline import Roofline
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class EstimateOptions:
     cores: int | None = None
     bandwidth: str | None = None
     tflops: str | None = None
+    concurrency: int | None = None
+    alloc_conf: str = "default"
+    calibration: str | None = None  # a `capplan calibrate` profile
 
 
 def estimate_from_options(options: EstimateOptions) -> EstimateResult:
@@ -53,6 +60,7 @@ def estimate_from_options(options: EstimateOptions) -> EstimateResult:
     model = resolve_model(
         o.model, quant=o.quant, group_size=o.group_size, double_quant=o.double_quant
     )
+    profile = read_profile(o.calibration) if o.calibration else None
     return estimate(
         EstimateRequest(
             gpu=gpu,
@@ -74,5 +82,38 @@ def estimate_from_options(options: EstimateOptions) -> EstimateResult:
                 version=o.vllm_version,
                 enforce_eager=o.enforce_eager,
             ),
+            concurrency=o.concurrency,
+            alloc_conf=o.alloc_conf,
+            calibration=profile,
         )
+    )
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """The step model of the options' GPU, model and runtime, without the memory budget."""
+
+    roofline: Roofline
+    spec: ModelSpec
+    gpu: GpuSpec
+    costs: StepCosts
+
+
+def step_model_from_options(options: EstimateOptions) -> StepModel:
+    """The roofline with the runtime's floor and efficiencies (calibrated or the defaults)."""
+    o = options
+    gpu = resolve_gpu(o.gpu, vram=o.vram, bandwidth=o.bandwidth, tflops=o.tflops, cores=o.cores)
+    model = resolve_model(o.model, quant=o.quant, group_size=o.group_size)
+    profile = read_profile(o.calibration) if o.calibration else None
+    costs = step_costs(o.runtime, device_kind=gpu.kind, calibration=profile)
+    workload = Workload(
+        prompt_tokens=o.prompt_tokens or 1,
+        max_tokens=o.max_tokens or 1,
+        prompt_tokens_is_default=o.prompt_tokens is None,
+        max_tokens_is_default=o.max_tokens is None,
+        runtime=o.runtime,
+        kv_dtype=resolve_kv_dtype(o.kv_dtype, model.quant.name),
+    )
+    return StepModel(
+        step_model(gpu, model.spec, model.quant, workload, costs), model.spec, gpu, costs
     )

@@ -8,6 +8,7 @@ from dataclasses import replace
 from capplan.catalog import loader
 from capplan.errors import InputError
 from capplan.estimate.architecture import ModelSpec
+from capplan.estimate.calibration import StepCosts
 from capplan.estimate.capacity import (
     Capacity,
     VllmOptions,
@@ -25,16 +26,35 @@ from capplan.units import format_bytes
 SMALLER_SCHEMES = ("fp8", "int8", "awq", "nf4")
 
 
-def recommended_concurrency(cap: Capacity) -> int:
-    """What fits in memory, but no more than the batch at which decode turns compute bound."""
-    return min(cap.concurrency, cap.roofline.compute_bound_batch)
+def recommended_concurrency(cap: Capacity) -> tuple[int, str]:
+    """What fits in memory, but no more than the batch at which decode turns compute bound;
+    with the bound that sets it, in one sentence."""
+    fit, compute = cap.concurrency, cap.roofline.compute_bound_batch
+    if fit < 1:
+        return 0, "memory: not one request fits"
+    if compute < fit:
+        return compute, (
+            f"compute: past {compute} requests a decode step is compute bound, so more adds "
+            f"latency but no throughput ({fit} would fit in memory)"
+        )
+    if cap.hf is not None and cap.hf.alloc_conf == "default":
+        oom = cap.zero_margin_concurrency
+        return fit, (
+            f"memory as the GPU sees it: at {fit + 1} the process (CUDA context + the caching "
+            f"allocator's reserved memory) would exceed total minus the margin; allocated memory "
+            f"alone reaches out-of-memory only past {oom}, but in between generate() survives "
+            "only by freeing its cache and retrying cudaMalloc (slower, not measured)"
+        )
+    if cap.hf is not None:
+        return fit, f"memory: at {fit + 1} requests the process would exceed total minus the margin"
+    return fit, "memory: vLLM's KV pool (16-token pages), capped by max_num_seqs"
 
 
 def timing(cap: Capacity, workload: Workload) -> Timing:
-    """Roofline figures at concurrency 1 and at the recommended concurrency."""
+    """Step-model figures at concurrency 1 and at --concurrency N (else the recommended one)."""
     roof = cap.roofline
     p, m = workload.prompt_tokens, workload.max_tokens
-    c = max(1, recommended_concurrency(cap))
+    c = max(1, workload.concurrency or recommended_concurrency(cap)[0])
     mean_context = p + max(m - 1, 0) // 2
     step_c1 = roof.decode_step_ms(mean_context)
     step_c = roof.decode_step_ms(c * mean_context, c)
@@ -53,46 +73,77 @@ def timing(cap: Capacity, workload: Workload) -> Timing:
         bandwidth_efficiency=roof.bandwidth_efficiency,
         compute_efficiency=roof.compute_efficiency,
         decode_slowdown=roof.decode_slowdown,
+        floor_ms=roof.floor_ms,
+        host_ms_per_sequence=roof.host_ms_per_sequence,
+        overhead_ms=roof.overhead_ms,
+        decode_bound=roof.decode_bound(c * mean_context, c),
+        calibrated=cap.costs.calibrated,
+        basis=cap.costs.basis,
     )
+
+
+# A request's generation may take this many times the estimated service time before the server
+# gives up (504): the estimate is a median; the tail, a loaded host and a longer prompt need room.
+TIMEOUT_MULTIPLE = 3.0
+# Per-client rate limits round to two significant figures; past this, no client can be told
+# apart from the server's own capacity, and none is emitted.
+MAX_RATE_PER_MINUTE = 10_000
 
 
 def server_settings(
-    cap: Capacity, workload: Workload, t: Timing, *, cpu: bool = False
+    cap: Capacity, workload: Workload, t: Timing, *, model_context: int, cpu: bool = False
 ) -> ServerSettings:
     """Settings for one server (one replica).
 
-    A queued request should start within two service times, so the queue holds two rounds of
-    `max_concurrent`; a longer queue only turns into timeouts. The per-client limit allows a
-    minute's share of the replica's throughput in bursts and half of it sustained over an hour.
+    Timeouts come from the service time at the recommended concurrency with a stated multiple:
+    a request may run TIMEOUT_MULTIPLE x its estimate before a 504, and wait in the queue while
+    two rounds of max_concurrent requests finish, times the same multiple. The queue holds two
+    rounds (a longer one only turns into timeouts). `max_context` is the model's (or runtime's)
+    own limit: a chat template lengthens every prompt, so prompt + max_tokens would reject them.
+    The per-client limit allows a minute's share of the replica's throughput and half of it
+    sustained over an hour.
     """
-    c = max(1, recommended_concurrency(cap))
+    c = max(1, recommended_concurrency(cap)[0])
     service_s = t.request_s_at_concurrency
-    per_minute = c * 60 / service_s if service_s else 60.0
+    request_timeout = max(10, math.ceil(TIMEOUT_MULTIPLE * service_s))
+    queue_timeout = max(5, math.ceil(TIMEOUT_MULTIPLE * 2 * service_s))
+    per_minute = c * 60 / service_s if service_s else float(MAX_RATE_PER_MINUTE)
     share = per_minute / max(1, workload.clients)
-    rate_limit = f"{max(1, math.floor(share))}/minute;{max(1, math.floor(share * 30))}/hour"
-    if cap.vllm is not None:
-        guard = cap.vllm.gpu_memory_utilization
-    else:
-        guard = round(1 - workload.margin_fraction, 3)
-    request_timeout = math.ceil(max(10.0, 1.5 * service_s))
+    rate_limit = None
+    if share < MAX_RATE_PER_MINUTE:
+        minute = _two_figures(max(1.0, share))
+        rate_limit = f"{minute}/minute;{_two_figures(max(1.0, share * 30))}/hour"
+    guard = (
+        cap.vllm.gpu_memory_utilization
+        if cap.vllm is not None
+        else round(1 - workload.margin_fraction, 3)
+    )
     return ServerSettings(
         max_concurrent=c,
         queue_size=2 * c,
-        queue_timeout_s=math.ceil(max(5.0, 2 * service_s)),
+        queue_timeout_s=queue_timeout,
         request_timeout_s=request_timeout,
         max_tokens_cap=workload.max_tokens,
-        max_context=workload.request_tokens,
+        max_context=model_context,
         rate_limit=rate_limit,
         vram_guard=guard,
         max_batch=c,
-        batch_wait_ms=max(1, round(cap.roofline.decode_step_base_ms / 2)),
+        batch_wait_ms=max(1, round(max(t.floor_ms, cap.roofline.decode_step_base_ms) / 2)),
         # Each worker process loads its own copy of the weights: one worker per GPU; on CPU as
-        # many as cores and RAM allow. One thread per in-flight generate() plus one for
-        # /health and /stats.
+        # many as cores and RAM allow. The reference server's workers are async: generation
+        # runs on the engine's own thread, so more threads only add switching.
         workers=workload.replicas if cpu else 1,
-        threads=c + 1,
+        threads=1,
         drain_timeout_s=request_timeout,
     )
+
+
+def _two_figures(value: float) -> int:
+    """10,478 -> 10,000; 184 -> 180; 7.6 -> 7 (rounded down: a limit errs low)."""
+    if value < 10:
+        return max(1, math.floor(value))
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    return int(math.floor(value / scale) * scale)
 
 
 def _fit(
@@ -101,15 +152,17 @@ def _fit(
     scheme: QuantScheme,
     workload: Workload,
     options: VllmOptions | None,
+    costs: StepCosts | None = None,
 ) -> tuple[Capacity, str]:
     """Capacity with a change applied; under vLLM, when the change only misses because one
     max_model_len sequence does not fit, with the max_model_len vLLM would suggest."""
-    cap = capacity(gpu, spec, scheme, workload, options)
+    cap = capacity(gpu, spec, scheme, workload, options, costs)
     v = cap.vllm
     if v is None or v.starts or v.kv_cache_tokens < workload.request_tokens:
         return cap, ""
     shorter = replace(options or VllmOptions(), max_model_len=v.kv_cache_tokens)
-    return capacity(gpu, spec, scheme, workload, shorter), f" --max-model-len {v.kv_cache_tokens}"
+    extra = f" --max-model-len {v.kv_cache_tokens}"
+    return capacity(gpu, spec, scheme, workload, shorter, costs), extra
 
 
 def alternatives(
@@ -118,16 +171,17 @@ def alternatives(
     scheme: QuantScheme,
     workload: Workload,
     vllm_options: VllmOptions | None,
+    costs: StepCosts | None = None,
 ) -> list[Alternative]:
     """What would fit, each with its numbers: smaller quantization, shorter max_tokens,
     a catalog GPU, more GPUs."""
     found: list[Alternative] = []
-    current = capacity(gpu, spec, scheme, workload, vllm_options)
+    current = capacity(gpu, spec, scheme, workload, vllm_options, costs)
     for name in SMALLER_SCHEMES:
         if name == "fp8" and not gpu.fp8:
             continue
         other = parse_quant(name, native_dtype=spec.dtype)
-        cap, extra = _fit(gpu, spec, other, workload, vllm_options)
+        cap, extra = _fit(gpu, spec, other, workload, vllm_options, costs)
         if cap.weights.total_bytes < current.weights.total_bytes and cap.concurrency >= 1:
             # Every smaller scheme that fits: they trade memory against decode speed.
             found.append(
@@ -139,7 +193,7 @@ def alternatives(
                     f"{cap.concurrency} concurrent",
                 )
             )
-    shorter = max_tokens_for_concurrency(gpu, spec, scheme, workload, 1, vllm_options)
+    shorter = max_tokens_for_concurrency(gpu, spec, scheme, workload, 1, vllm_options, costs)
     if shorter is not None and shorter < workload.max_tokens:
         found.append(
             Alternative(

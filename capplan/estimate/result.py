@@ -36,6 +36,8 @@ class Workload:
     margin_fraction: float = 0.03
     target_concurrency: int | None = None
     clients: int = 1
+    concurrency: int | None = None  # --concurrency N: every term and timing at N requests
+    alloc_conf: str = "default"  # hf: PYTORCH_CUDA_ALLOC_CONF (default | expandable)
 
     @property
     def replicas(self) -> int:
@@ -48,24 +50,30 @@ class Workload:
 
 @dataclass(frozen=True)
 class MemoryTerms:
-    """Every memory term on one GPU (one rank), the same names for both runtimes."""
+    """Every memory term on one GPU (one rank), the same names for both runtimes, evaluated at
+    `concurrency` requests (--concurrency N, else the recommended concurrency)."""
 
     total_bytes: int
     weights_bytes: int
     non_torch_bytes: int  # CUDA context, cuBLAS workspaces (and NCCL under tp)
     activation_bytes: int
-    allocator_reserve_bytes: int
+    allocator_reserve_bytes: int  # cached by the allocator beyond what is allocated
     margin_bytes: int
     kv_per_token_bytes: int
     kv_per_request_bytes: int
     kv_budget_bytes: int
     kv_in_use_bytes: int
     free_bytes: int
+    concurrency: int = 0
+    allocated_peak_bytes: int = 0  # weights + KV + activations: decides out-of-memory
+    peak_bytes: int = 0  # everything the process holds as NVML shows it (context, cache)
+    peak_phase: str = ""  # where the allocated peak falls (hf: "prefill" | "decode end")
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Roofline predictions for one replica."""
+    """Step-model predictions for one replica: max(memory, compute, the runtime's floor) per
+    step, with the basis of the floor and efficiencies (calibrated or the defaults)."""
 
     prefill_ms: float
     decode_ms_per_token_c1: float
@@ -79,6 +87,12 @@ class Timing:
     bandwidth_efficiency: float
     compute_efficiency: float
     decode_slowdown: float
+    floor_ms: float = 0.0  # the runtime's floor per forward pass for this model
+    host_ms_per_sequence: float = 0.0  # host work each sequence adds to a step
+    overhead_ms: float = 0.0  # per request before its first token (calibrated only)
+    decode_bound: str = ""  # what sets the step at `concurrency`: floor | memory | compute
+    calibrated: bool = False
+    basis: str = ""  # where the floor and efficiencies come from
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,7 @@ class EstimateResult:
     fits: bool
     verdict: str
     concurrency: int  # safe, per replica
+    concurrency_bound: str  # why not more: one sentence
     total_concurrency: int  # all replicas
     zero_margin_concurrency: int  # per replica, with no safety margin
     compute_bound_batch: (

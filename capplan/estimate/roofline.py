@@ -1,5 +1,10 @@
-"""Roofline timing: decode reads every weight once per step plus the batch's KV (bandwidth
-bound); prefill does ~2 x params FLOPs per token plus attention (compute bound)."""
+"""Step timing: the roofline, with the runtime's floor under it.
+
+Decode reads every weight once per step plus the batch's KV (bandwidth bound); prefill does
+~2 x params FLOPs per token plus attention (compute bound). Neither is ever faster than the
+runtime's floor: the host's cost of launching one forward pass (eager PyTorch launches every
+kernel from Python; `capplan/catalog/runtimes.toml`). A step takes the largest of the three.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ class Roofline:
     prefill_slowdown: float = 1.0
     bandwidth_efficiency: float = BANDWIDTH_EFFICIENCY
     compute_efficiency: float = COMPUTE_EFFICIENCY
+    floor_ms: float = 0.0  # one forward pass, whatever the batch: the runtime's host cost
+    host_ms_per_sequence: float = 0.0  # host work each sequence adds to a step (sampling, ...)
+    overhead_ms: float = 0.0  # per request, before its first token (HTTP, tokenizing, queue hop)
 
     @property
     def effective_bandwidth(self) -> float:
@@ -52,46 +60,69 @@ class Roofline:
         return self.prefill_ms_per_token
 
     def decode_step_ms(self, total_kv_tokens: int, batch: int = 1) -> float:
-        """One decode step: memory traffic, or the batch's matmul FLOPs once they dominate."""
-        memory = self.decode_step_base_ms + total_kv_tokens * self.decode_ms_per_kv_token
-        return max(memory, batch * self.decode_compute_ms_per_sequence)
+        """One decode step: the largest of memory traffic, the batch's matmul FLOPs and the
+        runtime's floor."""
+        return max(
+            self.host_ms(batch),
+            self.decode_memory_ms(total_kv_tokens),
+            batch * self.decode_compute_ms_per_sequence,
+        )
+
+    def host_ms(self, batch: int = 1) -> float:
+        """The runtime's host cost of one forward over `batch` sequences."""
+        return self.floor_ms + batch * self.host_ms_per_sequence
+
+    def decode_memory_ms(self, total_kv_tokens: int) -> float:
+        return self.decode_step_base_ms + total_kv_tokens * self.decode_ms_per_kv_token
+
+    def decode_bound(self, total_kv_tokens: int, batch: int = 1) -> str:
+        """Which term sets the step: "floor" (the host), "memory" or "compute"."""
+        terms = {
+            "floor": self.host_ms(batch),
+            "memory": self.decode_memory_ms(total_kv_tokens),
+            "compute": batch * self.decode_compute_ms_per_sequence,
+        }
+        return max(terms, key=lambda k: terms[k])
 
     @property
     def compute_bound_batch(self) -> int:
-        """Batch size past which a decode step is compute bound: more concurrency then adds
-        latency but no throughput."""
-        per_sequence = self.decode_compute_ms_per_sequence
+        """The batch past which the per-sequence costs (matmuls, host work) outweigh the fixed
+        ones (the floor, one read of the weights): from there on the step grows with the batch,
+        so more concurrency adds latency faster than throughput (below it, a bigger batch rides
+        along almost for free)."""
+        per_sequence = self.decode_compute_ms_per_sequence + self.host_ms_per_sequence
         if per_sequence <= 0:
             return 1 << 30
-        return max(1, math.ceil(self.decode_step_base_ms / per_sequence))
+        return max(1, math.ceil(max(self.floor_ms, self.decode_step_base_ms) / per_sequence))
 
     @property
     def prefill_ms_per_token(self) -> float:
         flops = 2 * self.matmul_params
         return flops / (self.tflops * 1e12 * self.compute_efficiency) * 1e3 * self.prefill_slowdown
 
-    def prefill_ms(self, tokens: int) -> float:
-        """Prefill of one prompt: compute for matmuls and causal attention, never faster than
-        one read of the weights."""
+    def prefill_ms(self, tokens: int, prompts: int = 1) -> float:
+        """Prefill of `prompts` prompts of `tokens` tokens in one forward: compute for matmuls
+        and causal attention, never faster than one read of the weights or the floor."""
         attention_flops = 2 * self.attention_width * tokens * tokens  # QK^T and PV, causal half
-        compute_ms = (
+        compute_ms = prompts * (
             tokens * self.prefill_ms_per_token
             + attention_flops
             / (self.tflops * 1e12 * self.compute_efficiency)
             * 1e3
             * self.prefill_slowdown
         )
-        return max(compute_ms, self.decode_step_base_ms)
+        return max(compute_ms, self.decode_step_base_ms, self.host_ms(prompts))
 
     def request_ms(self, prompt_tokens: int, max_tokens: int, concurrency: int) -> float:
-        """Worst-case service time: prefill, then max_tokens decode steps while `concurrency`
-        sequences of the same shape share each step (their KV read every step)."""
+        """Worst-case service time: the request's overhead, prefill, then max_tokens - 1 decode
+        steps (prefill yields the first token) while `concurrency` sequences of the same shape
+        share each step (their KV read every step)."""
         decode = 0.0
-        steps = max(max_tokens, 0)
+        steps = max(max_tokens - 1, 0)
         if steps:
-            mean_context = prompt_tokens + (steps - 1) / 2
+            mean_context = prompt_tokens + steps / 2
             decode = steps * self.decode_step_ms(int(concurrency * mean_context), concurrency)
-        return self.prefill_ms(prompt_tokens) + decode
+        return self.overhead_ms + self.prefill_ms(prompt_tokens) + decode
 
 
 def matmul_params(spec: ModelSpec) -> int:

@@ -250,18 +250,19 @@ def profile_from_timing(
     slots: int,
     prompt_tokens: int,
     output_tokens: int,
-    prefill_ms_per_token: float,
+    prefill_ms: float,
     decode_step_ms: Any,
     source: str,
 ) -> ServiceProfile:
     """Deterministic profile from service timing with every slot busy (fixed lengths: cv2 = 0).
 
+    `prefill_ms` is one prompt's time to first token (with the request's overhead);
     `decode_step_ms(kv_tokens)` is the estimator's step time for the KV the batch holds; the
     batch holds `slots` requests half-way through their output on average.
     """
     if slots < 1 or output_tokens < 1:
         raise InputError("need at least one slot and one output token")
-    ttft = max(prefill_ms_per_token * prompt_tokens, decode_step_ms(slots * prompt_tokens))
+    ttft = max(prefill_ms, decode_step_ms(slots * prompt_tokens))
     step = decode_step_ms(int(slots * (prompt_tokens + output_tokens / 2)))
     e2e = ttft + (output_tokens - 1) * step
     figures: dict[str, float] = {"error_rate": 0.0}

@@ -12,7 +12,7 @@ import csv
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,19 +97,23 @@ def estimated_figures(
 ) -> dict[str, float]:
     """Expected figures from service timing (the `ServiceTiming` contract or `EmulatedTiming`).
 
-    `timing` needs `prefill_ms_per_token`, `decode_step_ms(kv_tokens)`, `kv_bytes_per_token` and
-    `kv_budget_bytes`. A closed loop keeps equal-length requests in lockstep: the k-th of c to
-    arrive takes its first step beside k - 1 fresh prompts, so the median TTFT sees (c + 1) / 2
-    prompts' KV in a batch of (c + 1) / 2; decoding, the batch holds c requests half-way
-    through their output. Each step is never faster than its batch's matmuls (the roofline's
-    compute floor, which the emulated backend applies too). `memory` is the estimator's
-    `MemoryTerms` and `kv_ceiling` its concurrency with no safety margin for this workload: with
-    them, the memory rows are the estimator's own terms rather than a second derivation.
+    `timing` needs `prefill_ms(tokens)`, `decode_step_ms(kv_tokens, batch)`, `kv_bytes_per_token`
+    and `kv_budget_bytes` (and `overhead_ms` when calibrated). A closed loop keeps equal-length
+    requests in lockstep: the k-th of c to arrive takes its first step beside k - 1 fresh
+    prompts, so the median TTFT sees (c + 1) / 2 prompts' KV in a batch of (c + 1) / 2;
+    decoding, the batch holds c requests half-way through their output. Each step takes the
+    largest of memory, the batch's matmuls and the runtime's floor (as the emulated backend).
+    `memory` is the estimator's `MemoryTerms` at this concurrency (`--concurrency c`) and
+    `kv_ceiling` the concurrency past which it predicts out-of-memory: with them, the memory
+    rows are the estimator's own terms rather than a second derivation.
     """
     p, o, c = shape.prompt_tokens, shape.output_tokens, shape.concurrency
     step = timing.decode_step_ms
-    # Prefill is never faster than one decode step of the batch (one read of the weights).
-    ttft = max(timing.prefill_ms_per_token * p, step(int(p * (c + 1) / 2), max(1, (c + 1) // 2)))
+    # Prefill is never faster than one decode step of the batch (one read of the weights, or
+    # the runtime's floor); the request's own overhead (HTTP, tokenizing) comes before it.
+    overhead = float(getattr(timing, "overhead_ms", 0.0))
+    prefill = timing.prefill_ms(p)
+    ttft = overhead + max(prefill, step(int(p * (c + 1) / 2), max(1, (c + 1) // 2)))
     tpot = step(int(c * (p + o / 2)), c)
     e2e = ttft + (o - 1) * tpot
     figures = {
@@ -120,7 +124,8 @@ def estimated_figures(
     }
     if memory is not None:
         figures["kv_peak_mib"] = c * memory.kv_per_request_bytes / _MIB
-        figures["peak_memory_mib"] = peak_memory_bytes(memory, c) / _MIB
+        if memory.concurrency == c and memory.peak_bytes:
+            figures["peak_memory_mib"] = memory.peak_bytes / _MIB
     else:
         per_token = float(getattr(timing, "kv_bytes_per_token", 0) or 0)
         if per_token > 0:
@@ -133,26 +138,6 @@ def estimated_figures(
         if per_token > 0 and budget:
             figures["safe_concurrency"] = float(math.floor(budget / (per_token * (p + o))))
     return figures
-
-
-def peak_memory_bytes(memory: Any, concurrency: int) -> float:
-    """Device memory in use with `concurrency` requests, from the estimator's `MemoryTerms`.
-
-    The terms are the estimator's at its own (largest) concurrency: weights, the non-torch
-    context, prefill activations, KV per request, and the caching allocator's reserve, which
-    memory_hf makes proportional to activations + KV in use; the reserve is scaled to
-    `concurrency` by that same proportion. The safety margin is unused memory, so it is left out.
-    """
-    kv = concurrency * memory.kv_per_request_bytes
-    scaled_base = memory.activation_bytes + memory.kv_in_use_bytes
-    reserve = (
-        memory.allocator_reserve_bytes * (memory.activation_bytes + kv) / scaled_base
-        if scaled_base > 0
-        else 0.0
-    )
-    return float(
-        memory.weights_bytes + memory.non_torch_bytes + memory.activation_bytes + kv + reserve
-    )
 
 
 def measured_figures(
@@ -225,18 +210,49 @@ def _max(a: float | None, b: float | None) -> float | None:
 _SLACK = {"ttft_ms": LATENCY_SLACK_MS, "e2e_ms": LATENCY_SLACK_MS, "safe_concurrency": 1.0}
 
 _ROWS = (
-    ("peak_memory_mib", "peak memory MiB", "estimator's terms at this concurrency vs NVML"),
-    ("kv_peak_mib", "KV cache peak MiB", "reserved for prompt + max_tokens"),
+    ("peak_memory_mib", "peak memory MiB", "estimator's device peak at this concurrency vs NVML"),
+    ("kv_peak_mib", "KV cache peak MiB", "prompt + max_tokens per request"),
     (
         "safe_concurrency",
         "concurrency before OOM",
-        "no-margin KV fit vs the sweep's last point before 503s (within 1)",
+        "estimator's out-of-memory ceiling vs the sweep's last point before 503s",
     ),
-    ("ttft_ms", "TTFT ms (p50)", f"agrees within {LATENCY_SLACK_MS:g} ms of overhead"),
+    ("ttft_ms", "TTFT ms (p50)", ""),
     ("tpot_ms", "decode ms/token (p50 TPOT)", ""),
-    ("e2e_ms", "E2E ms (mean)", f"agrees within {LATENCY_SLACK_MS:g} ms of overhead"),
+    ("e2e_ms", "E2E ms (mean)", ""),
     ("output_tokens_per_s", "output tokens/s", ""),
 )
+
+# What to calibrate when a row disagrees.
+_FIX = {
+    "ttft_ms": "calibrate prefill and request overhead (capplan calibrate)",
+    "tpot_ms": "calibrate the decode step: floor, bandwidth, compute (capplan calibrate)",
+    "e2e_ms": "calibrate the decode step and prefill (capplan calibrate)",
+    "output_tokens_per_s": "calibrate the decode step (capplan calibrate)",
+    "peak_memory_mib": "memory, not timing: check the CUDA context and the allocator "
+    "(--alloc-conf), or report the run",
+    "kv_peak_mib": "check the model's config (KV heads, head_dim) and --kv-dtype",
+    "safe_concurrency": "memory, not timing: check --margin and the allocator (--alloc-conf)",
+}
+
+
+def _verdict(row: ValidationRow, key: str, tolerance_pct: float, detail: str) -> str:
+    """The row's note: its verdict first, then what it compares (and, when off, what to fix)."""
+    verdict = row.agrees(tolerance_pct)
+    if verdict is None:
+        missing = "not measured" if row.measured is None else "not estimated"
+        text = missing
+    elif verdict:
+        err = row.error_pct or 0.0
+        within = abs(err) <= tolerance_pct
+        text = (
+            f"agrees ({err:+.0f}%, within {tolerance_pct:g}%)"
+            if within
+            else f"agrees within {row.slack:g} of client overhead ({err:+.0f}%)"
+        )
+    else:
+        text = f"off by {row.error_pct:+.0f}%: {_FIX[key]}"
+    return f"{text}; {detail}" if detail else text
 
 
 def validate(
@@ -247,7 +263,8 @@ def validate(
     tolerance_pct: float = 10.0,
     notes: Mapping[str, str] | None = None,
 ) -> Validation:
-    """Side by side; a figure missing on either side is shown with no error.
+    """Side by side; a figure missing on either side is shown with no error. Each row's note
+    says its verdict first, and what to calibrate when it disagrees.
 
     `notes` adds to a row's note by figure key (e.g. the estimator's recommended concurrency).
     """
@@ -256,6 +273,7 @@ def validate(
         if key in estimate or key in measured:
             slack = _SLACK.get(key, 0.0)
             extra = (notes or {}).get(key)
-            note = f"{note}; {extra}" if extra and note else (extra or note)
-            rows.append(ValidationRow(label, estimate.get(key), measured.get(key), note, slack))
+            detail = f"{note}; {extra}" if extra and note else (extra or note)
+            row = ValidationRow(label, estimate.get(key), measured.get(key), "", slack)
+            rows.append(replace(row, note=_verdict(row, key, tolerance_pct, detail)))
     return Validation(subject, tuple(rows), tolerance_pct)

@@ -53,7 +53,9 @@ def header_lines(r: EstimateResult) -> list[str]:
         f"{r.gpu.bandwidth_bytes_s / 1e9:.0f} GB/s, {r.gpu.tflops_fp16:g} TFLOPS) x {deploy}",
         f"workload prompt {w.prompt_tokens}{' (default)' if w.prompt_tokens_is_default else ''}"
         f" + max_tokens {w.max_tokens}{' (default)' if w.max_tokens_is_default else ''} tokens"
-        f", runtime {w.runtime}, KV {w.kv_dtype}",
+        f", runtime {w.runtime}, KV {w.kv_dtype}"
+        + (f", alloc-conf {w.alloc_conf}" if w.runtime == "hf" and r.gpu.kind != "cpu" else ""),
+        f"timing   {r.timing.basis}",
     ]
 
 
@@ -90,13 +92,34 @@ def _memory_section(r: EstimateResult) -> Section:
     if r.vllm is not None:
         rows += _vllm_memory_rows(r.vllm)
     else:
+        n = m.concurrency
         rows += [
             Row(
-                "prefill activations",
-                format_bytes(m.activation_bytes),
-                f"one prompt of {w.prompt_tokens} tokens",
+                f"KV cache at {n} concurrent",
+                format_bytes(m.kv_in_use_bytes),
+                f"at the {m.peak_phase}",
             ),
-            Row("allocator reserve", format_bytes(m.allocator_reserve_bytes), "10% of act. + KV"),
+            Row(
+                "activations at the peak",
+                format_bytes(m.activation_bytes),
+                "prefill of every prompt" if m.peak_phase == "prefill" else "cat copy + logits",
+            ),
+            Row(
+                "allocated peak",
+                format_bytes(m.allocated_peak_bytes),
+                "weights + KV + activations: past total, out-of-memory",
+            ),
+            Row(
+                "allocator cache",
+                format_bytes(m.allocator_reserve_bytes),
+                "reserved beyond allocated"
+                + (": blocks the growing cache leaves behind" if w.alloc_conf == "default" else ""),
+            ),
+            Row(
+                "device peak" if r.gpu.kind != "cpu" else "process peak",
+                format_bytes(m.peak_bytes),
+                "context + reserved: what nvidia-smi shows" if r.gpu.kind != "cpu" else "",
+            ),
             Row("safety margin", format_bytes(m.margin_bytes), f"{w.margin_fraction:.0%} of total"),
         ]
     rows += [
@@ -106,16 +129,16 @@ def _memory_section(r: EstimateResult) -> Section:
             format_bytes(m.kv_per_request_bytes),
             f"{w.request_tokens} tokens (prompt + max_tokens)",
         ),
-        Row("left for KV", format_bytes(max(0, m.kv_budget_bytes)), ""),
-        Row(
-            f"KV in use at {r.concurrency} concurrent",
-            format_bytes(m.kv_in_use_bytes),
-            "",
-        ),
-        Row("free", format_bytes(m.free_bytes), "unused at the recommended concurrency"),
     ]
+    if r.vllm is not None:
+        rows += [
+            Row("left for KV", format_bytes(max(0, m.kv_budget_bytes)), "vLLM's KV pool"),
+            Row(f"KV in use at {m.concurrency} concurrent", format_bytes(m.kv_in_use_bytes), ""),
+        ]
+    rows.append(Row("free", format_bytes(m.free_bytes), f"unused at {m.concurrency} concurrent"))
     unit = " per worker" if r.gpu.kind == "cpu" else " per GPU"
-    return Section("Memory" + (unit if w.gpus > 1 else ""), rows)
+    at = f" at {m.concurrency} concurrent" + (" (--concurrency)" if w.concurrency else "")
+    return Section("Memory" + (unit if w.gpus > 1 else "") + at, rows)
 
 
 def _kv_formula(r: EstimateResult) -> str:
@@ -194,10 +217,21 @@ def _vllm_section(r: EstimateResult) -> Section | None:
 def _capacity_section(r: EstimateResult) -> Section:
     w = r.workload
     rows = [
-        Row("safe concurrency", str(r.concurrency), "per replica" if w.replicas > 1 else ""),
+        Row("recommended concurrency", str(r.concurrency), "per replica" if w.replicas > 1 else ""),
+        Row(
+            "  bounded by",
+            r.concurrency_bound.split(":")[0],
+            r.concurrency_bound.split(":", 1)[-1].strip(),
+        ),
     ]
     if r.hf is not None:
-        rows.append(Row("with no margin", str(r.zero_margin_concurrency), "the absolute ceiling"))
+        rows.append(
+            Row(
+                "out-of-memory past",
+                f"{r.zero_margin_concurrency} requests",
+                "allocated peak + context over total",
+            )
+        )
     if w.replicas > 1:
         rows.append(Row("total concurrency", str(r.total_concurrency), f"{w.replicas} replicas"))
     rows.append(
@@ -242,22 +276,33 @@ def _timing_section(r: EstimateResult) -> Section:
             Row(f"one request at {t.concurrency}", _s(t.request_s_at_concurrency), ""),
         ]
     rows.append(Row("throughput", f"{t.requests_per_min:.1f} requests/min", "all replicas"))
-    return Section("Timing (roofline)" + hypothetical, rows)
+    rows.append(
+        Row(
+            "step floor",
+            f"{t.floor_ms:.1f} ms",
+            f"the runtime's cost per forward; the step at {t.concurrency} is "
+            f"{t.decode_bound}-bound",
+        )
+    )
+    if t.overhead_ms:
+        rows.append(Row("request overhead", f"{t.overhead_ms:.1f} ms", "before the first token"))
+    basis = "calibrated" if t.calibrated else "uncalibrated: see the timing line above"
+    return Section(f"Timing ({basis})" + hypothetical, rows)
 
 
 _SETTING_NOTES = {
     "max_concurrent": "memory-safe, at most the compute-bound batch",
     "queue_size": "two rounds; 503 when full",
-    "queue_timeout_s": "two service times",
-    "request_timeout_s": "1.5 x service time at max_concurrent",
+    "queue_timeout_s": "3 x two service times at max_concurrent",
+    "request_timeout_s": "3 x the service time at max_concurrent",
     "max_tokens_cap": "planned max_tokens",
-    "max_context": "prompt + max_tokens planned per request",
+    "max_context": "the model's (or runtime's) own limit, so chat templates fit",
     "rate_limit": "per client: a minute's share, half of it per hour",
     "vram_guard": "refuse new work above this fraction",
     "max_batch": "decode batch",
     "batch_wait_ms": "half a decode step",
     "workers": "each loads its own weights: 1 per GPU; CPU by cores and RAM",
-    "threads": "one per in-flight generate + 1",
+    "threads": "async workers: generation runs on the engine's thread",
     "drain_timeout_s": "finish in-flight requests on shutdown",
 }
 

@@ -52,15 +52,18 @@ def test_seed_table_shows_every_memory_term_and_the_verdict() -> None:
     for term in (
         "weights",
         "CUDA context",
-        "prefill activations",
-        "allocator reserve",
+        "activations at the peak",
+        "allocated peak",
+        "allocator cache",
+        "device peak",
         "safety margin",
         "KV per token",
         "KV per request",
         "free",
         "Fits: 1 concurrent request",
-        "3 with none",
+        "out-of-memory past 3",
         "max_concurrent",
+        "uncalibrated",
     ):
         assert term in result.output
 
@@ -250,7 +253,7 @@ def test_emit_gunicorn_writes_a_config_with_raw_env(tmp_path: Path) -> None:
     assert invoke(*SEED, "--emit", "gunicorn", str(target)).exit_code == 0
     namespace: dict = {}
     exec(compile(ast.parse(target.read_text()), str(target), "exec"), namespace)
-    assert namespace["workers"] == 1 and namespace["threads"] == 2
+    assert namespace["workers"] == 1 and namespace["threads"] == 1
     assert namespace["timeout"] > 0
     assert "CAPPLAN_MAX_CONCURRENT=1" in namespace["raw_env"]
 

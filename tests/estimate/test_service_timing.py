@@ -22,9 +22,12 @@ def test_contract_fields_and_decode_step_ms() -> None:
     ):
         assert getattr(st, name) > 0
     assert st.kv_bytes_per_token == 144 * 1024
+    # A step is the largest of the weights + KV read, the batch's matmuls and the host's floor.
+    memory = st.decode_step_base_ms + 1000 * st.decode_step_ms_per_kv_token
     assert st.decode_step_ms(1000) == pytest.approx(
-        st.decode_step_base_ms + 1000 * st.decode_step_ms_per_kv_token
+        max(memory, st.floor_ms + st.host_ms_per_sequence)
     )
+    assert st.floor_ms > memory  # eager generate(): the host sets the pace (runtimes.toml)
     with pytest.raises(dataclasses.FrozenInstanceError):
         st.max_context = 1  # type: ignore[misc]
     assert isinstance(st, ServiceTiming)

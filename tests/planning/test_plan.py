@@ -96,10 +96,14 @@ def test_estimate_mode_uses_the_estimators_recommended_concurrency() -> None:
     from capplan.estimate.gpu_spec import resolve_gpu
     from capplan.estimate.model_spec import resolve_model
 
-    # a100-80 + llama-3.1-8b: the KV fits hundreds of requests, but decode turns compute
-    # bound long before; the plan must size on the estimator's max_concurrent, not the KV fit.
+    # The plan sizes on the estimator's recommended max_concurrent (with the bound that set it),
+    # and its service time is the estimator's own at that concurrency.
     expected = estimate(
         EstimateRequest(resolve_gpu("a100-80"), resolve_model("llama-3.1-8b"), 512, 256)
     )
     profile = _profile_from_estimate("a100-80", "llama-3.1-8b", None, 512, 256, None)
-    assert profile.slots == expected.settings.max_concurrent < expected.concurrency
+    assert profile.slots == expected.settings.max_concurrent == expected.concurrency
+    assert expected.concurrency_bound in profile.source and "uncalibrated" in profile.source
+    assert profile.service_time_s == pytest.approx(
+        expected.timing.request_s_at_concurrency, rel=0.02
+    )

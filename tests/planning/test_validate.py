@@ -11,7 +11,6 @@ from capplan.planning.validate import (
     WorkloadShape,
     estimated_figures,
     measured_figures,
-    peak_memory_bytes,
     telemetry_peaks,
     validate,
 )
@@ -45,19 +44,32 @@ def test_estimate_follows_the_service_timing_by_hand() -> None:
     ("gpu", "model"),
     [("rtx3080", "qwen3-8b-int8"), ("a100-80", "llama-3.1-8b"), ("l4", "qwen3-4b")],
 )
-def test_memory_rows_are_the_estimators_own_terms(gpu: str, model: str) -> None:
-    result = estimate(
-        EstimateRequest(resolve_gpu(gpu), resolve_model(model), prompt_tokens=256, max_tokens=64)
+def test_memory_rows_are_the_estimators_own_terms_at_the_validated_concurrency(
+    gpu: str, model: str
+) -> None:
+    request = EstimateRequest(
+        resolve_gpu(gpu), resolve_model(model), prompt_tokens=256, max_tokens=64, concurrency=2
     )
-    m = result.memory
-    # At the estimator's own concurrency the peak is exactly what it budgets as used.
-    used = m.total_bytes - m.free_bytes - m.margin_bytes
-    assert peak_memory_bytes(m, result.concurrency) == pytest.approx(used, rel=1e-9)
+    m = estimate(request).memory
     shape = WorkloadShape(prompt_tokens=256, output_tokens=64, concurrency=2)
-    figures = estimated_figures(TIMING, shape, memory=m, kv_ceiling=result.zero_margin_concurrency)
+    figures = estimated_figures(TIMING, shape, memory=m, kv_ceiling=7)
     assert figures["kv_peak_mib"] == pytest.approx(2 * m.kv_per_request_bytes / 2**20)
-    assert figures["safe_concurrency"] == result.zero_margin_concurrency
-    assert figures["peak_memory_mib"] < used / 2**20  # two requests hold less than the maximum
+    assert figures["peak_memory_mib"] == pytest.approx(m.peak_bytes / 2**20)
+    assert figures["safe_concurrency"] == 7
+    # A memory row at another concurrency than the estimate's would compare different loads.
+    other = WorkloadShape(prompt_tokens=256, output_tokens=64, concurrency=3)
+    assert "peak_memory_mib" not in estimated_figures(TIMING, other, memory=m)
+
+
+def test_a_row_off_by_98_percent_never_reads_agrees_and_says_what_to_calibrate() -> None:
+    result = validate({"ttft_ms": 20.0, "tpot_ms": 4.4}, {"ttft_ms": 912.0, "tpot_ms": 94.3},
+                      subject="x", tolerance_pct=25)  # fmt: skip
+    for row in result.rows:
+        assert row.agrees(25) is False
+        assert not row.note.startswith("agrees") and "off by" in row.note
+        assert "calibrate" in row.note
+    good = validate({"tpot_ms": 10.0}, {"tpot_ms": 10.5}, subject="x")
+    assert good.rows[0].note.startswith("agrees (-5%")
 
 
 def test_disagreement_beyond_tolerance_is_reported() -> None:
