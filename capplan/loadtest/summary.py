@@ -131,30 +131,6 @@ def apply_engine_block(summary: dict[str, Any], engine: str, block: Mapping[str,
             summary["reasons"].append(f"{engine} {step['step']}: {step['problem']}")
 
 
-# The engines whose own block a summary may carry (`apply_engine_block`).
-ENGINE_BLOCKS = ("locust",)
-
-
-def load_model_runs_of(summary: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """The `load_model_run` blocks an existing summary holds, by step label."""
-    return {
-        str(block["step"]): dict(block["load_model_run"])
-        for block in summary.get("steps", [])
-        if isinstance(block, dict) and isinstance(block.get("load_model_run"), dict)
-    }
-
-
-def step_blocks(summary: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The blocks of `steps` by step label, in run order (one entry for a single-step run)."""
-    blocks: dict[str, Mapping[str, Any]] = {}
-    steps = summary.get("steps")
-    if isinstance(steps, list):
-        for index, block in enumerate(steps):
-            if isinstance(block, Mapping):
-                blocks[str(block.get("step") or block.get("label") or index)] = block
-    return blocks
-
-
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Atomic write: a reader never sees half a summary (or config)."""
     tmp = path.with_suffix(".json.tmp")
