@@ -17,6 +17,7 @@ import numpy as np
 
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.summary import summarize
+from capplan.loadtest.summary_model import RunSummary
 from capplan.regression.compare import compare_runs
 from capplan.regression.runs import LoadedRun
 
@@ -35,7 +36,8 @@ def synthetic_run(rng: np.random.Generator, n: int, tpot_ms: float, sigma: float
             )
         )  # fmt: skip
         t += 0.05
-    return LoadedRun(Path("synthetic"), summarize(records, {"steps": ["concurrency=4"]}), records)
+    summary = RunSummary.from_dict(summarize(records, {"steps": ["concurrency=4"]}))
+    return LoadedRun(Path("synthetic"), summary, records)
 
 
 def rates(

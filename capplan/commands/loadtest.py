@@ -112,6 +112,7 @@ def loadtest(
 
     from capplan.errors import InputError
     from capplan.loadtest.run import load_scenario
+    from capplan.loadtest.summary_model import RunSummary
     from capplan.render.console import stdout_console
     from capplan.render.loadtest import LiveProgress, print_result
 
@@ -163,9 +164,10 @@ def loadtest(
             result = run(config, out_dir=out, progress=live, reports=reports)
     else:
         result = run(config, out_dir=out, reports=reports)
-    results = evaluate(result.summary) if evaluate else []
-    print_result(stdout_console(), result.summary, result.out_dir, result.reports,
-                 result.report_error, results)  # fmt: skip
+    summary = RunSummary.from_dict(result.summary)
+    results = evaluate(summary) if evaluate else []
+    print_result(stdout_console(), summary, result.out_dir, result.reports, result.report_error,
+                 results)  # fmt: skip
     if result.interrupted:
         raise typer.Exit(130)
     if any(not r.passed for r in results):

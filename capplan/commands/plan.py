@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from capplan.loadtest.summary_model import RunSummary
 
 
 def register(app: typer.Typer) -> None:
@@ -82,8 +85,7 @@ def _profile_from_run(run_dir: Path, concurrency: int | None) -> Any:
     from capplan.regression.stats import per_request_values
 
     loaded = load_run(run_dir)
-    steps = loaded.summary.get("steps") or []
-    if len(steps) > 1:
+    if loaded.summary.is_ladder:
         raise InputError(f"'{run_dir}' is a ladder; plan from a single-step run or a sweep")
     slots = concurrency or _run_concurrency(loaded.summary)
     if slots is None:
@@ -95,12 +97,10 @@ def _profile_from_run(run_dir: Path, concurrency: int | None) -> Any:
     return profile_from_run(loaded.summary, slots=slots, e2e_ms=e2e, source=f"measured: {run_dir}")
 
 
-def _run_concurrency(summary: dict[str, Any]) -> int | None:
-    config = summary.get("config") or {}
-    values = config.get("concurrency") or []
-    if config.get("rate") or len(values) != 1:
-        return None
-    return int(values[0])
+def _run_concurrency(summary: RunSummary) -> int | None:
+    """The concurrency of a single closed-loop step, from its numeric load."""
+    load = summary.whole.load
+    return load.concurrency if load is not None and load.kind == "closed" else None
 
 
 def _profile_from_sweep(sweep_dir: Path, concurrency: int | None) -> Any:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from capplan.loadtest.summary_model import RunConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -66,11 +69,11 @@ def validate(
         run = out or Path("reports") / f"validate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _measure(run, gpu, model, shape, requests, url, calibration, tokenizer)
     summary = load_run(run, with_records=False).summary
-    _check_same_workload(summary.get("config") or {}, shape, run)
-    counts = summary.get("requests") or {}
-    if not counts.get("ok"):
+    _check_same_workload(summary.config, shape, run)
+    counts = summary.whole.requests
+    if not counts.ok:
         raise InputError(
-            f"no request succeeded in '{run}' (by status: {counts.get('by_status')}); "
+            f"no request succeeded in '{run}' (by status: {counts.by_status}); "
             "check that the workload fits (capplan estimate) and the server is up"
         )
     estimate = estimated_figures(
@@ -100,7 +103,7 @@ def validate(
         raise typer.Exit(1)
 
 
-def _check_same_workload(config: dict[str, Any], shape: Any, run: Path) -> None:
+def _check_same_workload(config: RunConfig, shape: Any, run: Path) -> None:
     """A finished run of another shape would make every error column meaningless."""
     from capplan.errors import InputError
 
@@ -110,12 +113,12 @@ def _check_same_workload(config: dict[str, Any], shape: Any, run: Path) -> None:
         "max_tokens": shape.output_tokens,
     }
     ran = {
-        "concurrency": config.get("concurrency"),
-        "prompt_tokens": (config.get("prompt_tokens") or {}).get("value"),
-        "max_tokens": (config.get("max_tokens") or {}).get("value"),
+        "concurrency": list(config.concurrency),
+        "prompt_tokens": config.token_count("prompt_tokens"),
+        "max_tokens": config.token_count("max_tokens"),
     }
     differing = [f"{k} {ran[k]} (not {wanted[k]})" for k in wanted if ran[k] != wanted[k]]
-    if config.get("rate"):
+    if config.rate:
         differing.append("an open loop (validate needs a closed loop)")
     if differing:
         raise InputError(

@@ -1,9 +1,11 @@
 """summary.json from request records alone, so every engine and `capplan report` agree.
 
-One block per ladder step (in `steps`). A single-step run also carries its block at the top
-level; a ladder carries the whole run's block under `overall`, so a top-level figure never
-mixes rungs by accident. Failed requests are counted in every denominator and never dropped;
-warmup requests (flagged by the engine by event time) are counted apart and excluded.
+One block per ladder step (in `steps`), each with its load as numbers (`load`, from the config).
+A single-step run also carries its block at the top level; a ladder carries the whole run's
+block under `overall`, so a top-level figure never mixes rungs by accident. Failed requests are
+counted in every denominator and never dropped; warmup requests (flagged by the engine by event
+time) are counted apart and excluded. This module writes the dict; readers use
+`capplan.loadtest.summary_model.RunSummary`, whose `to_dict` gives back exactly this dict.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from capplan import __version__
 from capplan.devices import list_devices
 from capplan.loadtest.metrics import RequestMetrics, request_metrics, stats
 from capplan.loadtest.record import RequestRecord
-from capplan.loadtest.scenario import LoadConfig, Slo
+from capplan.loadtest.scenario import LoadConfig, LoadStep, Slo
+from capplan.loadtest.summary_blocks import LoadModelRun
+from capplan.loadtest.summary_model import SCHEMA_VERSION, RunConfig, load_to_dict
 
-SCHEMA_VERSION = 1
 # Open-loop generator lag above this at p99 means the client, not the server, set the pace.
 MAX_GENERATOR_LAG_P99_MS = 10.0
 MIN_MEASURED_REQUESTS = 10
@@ -45,13 +48,16 @@ def summarize(
     """The summary.json dict. `selfcheck` maps step label -> client self-check figures."""
     records = list(records)
     config_dict = config.to_dict() if isinstance(config, LoadConfig) else dict(config or {})
-    slo = config.slo if isinstance(config, LoadConfig) else _slo_from(config_dict.get("slo"))
-    labels = _step_order(records, config_dict)
+    recorded = RunConfig(config_dict)
+    slo = config.slo if isinstance(config, LoadConfig) else recorded.slo
+    # Each step's numeric load, by label, from the ladder the config describes.
+    loads = {s.label: s for s in recorded.load_steps}
     steps = []
-    for label in labels:
+    for label in _step_order(records, config_dict):
         step_records = [r for r in records if r.step == label]
         check = (selfcheck or {}).get(label)
-        steps.append(summarize_step(step_records, slo, label=label, selfcheck=check))
+        load = loads.get(label)
+        steps.append(summarize_step(step_records, slo, label=label, selfcheck=check, load=load))
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -90,7 +96,7 @@ def _overall(
 
 def load_model_run(engine: str, mode: str, how: str) -> dict[str, str]:
     """Which load model an engine really ran for a step; the same shape from every engine."""
-    return {"engine": engine, "mode": mode, "how": how}
+    return LoadModelRun(engine, mode, how).to_dict()
 
 
 def attach_load_model_runs(summary: dict[str, Any], runs: Mapping[str, Mapping[str, str]]) -> None:
@@ -125,30 +131,6 @@ def apply_engine_block(summary: dict[str, Any], engine: str, block: Mapping[str,
             summary["reasons"].append(f"{engine} {step['step']}: {step['problem']}")
 
 
-# The engines whose own block a summary may carry (`apply_engine_block`).
-ENGINE_BLOCKS = ("locust",)
-
-
-def load_model_runs_of(summary: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """The `load_model_run` blocks an existing summary holds, by step label."""
-    return {
-        str(block["step"]): dict(block["load_model_run"])
-        for block in summary.get("steps", [])
-        if isinstance(block, dict) and isinstance(block.get("load_model_run"), dict)
-    }
-
-
-def step_blocks(summary: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The blocks of `steps` by step label, in run order (one entry for a single-step run)."""
-    blocks: dict[str, Mapping[str, Any]] = {}
-    steps = summary.get("steps")
-    if isinstance(steps, list):
-        for index, block in enumerate(steps):
-            if isinstance(block, Mapping):
-                blocks[str(block.get("step") or block.get("label") or index)] = block
-    return blocks
-
-
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Atomic write: a reader never sees half a summary (or config)."""
     tmp = path.with_suffix(".json.tmp")
@@ -162,8 +144,9 @@ def summarize_step(
     *,
     label: str,
     selfcheck: Mapping[str, Any] | None = None,
+    load: LoadStep | None = None,
 ) -> dict[str, Any]:
-    """One step's block: requests, latencies, throughput, goodput, validity."""
+    """One step's block: its load, requests, latencies, throughput, goodput, validity."""
     warmup = [r for r in records if r.warmup]
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
@@ -184,8 +167,10 @@ def summarize_step(
     output_tokens = sum(r.output_tokens for r in ok)
     good = [r for r, m in zip(ok, metrics, strict=True) if _meets(m, slo)]
     open_loop = any(r.intended_start is not None for r in measured)
-    block: dict[str, Any] = {
-        "step": label,
+    block: dict[str, Any] = {"step": label}
+    if load is not None:
+        block["load"] = load_to_dict(load)
+    block |= {
         "requests": {
             "total": len(measured),
             "ok": len(ok),
@@ -308,13 +293,6 @@ def _rate(count: float, window_s: float) -> float | None:
 
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
-
-
-def _slo_from(value: object) -> Slo:
-    if not isinstance(value, Mapping):
-        return Slo()
-    keys = ("ttft_ms", "tpot_ms", "e2e_ms")
-    return Slo(**{k: float(value[k]) for k in keys if value.get(k) is not None})
 
 
 def _step_order(records: Sequence[RequestRecord], config: Mapping[str, Any]) -> list[str]:

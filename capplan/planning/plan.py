@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capplan.errors import InputError
+from capplan.loadtest.summary_model import RunSummary
 from capplan.planning.queueing import QueueTail, mgc_tail
 from capplan.regression.thresholds import Threshold
 
@@ -219,7 +220,7 @@ def _unattainable(profile: ServiceProfile, slos: Sequence[Threshold]) -> list[st
 
 
 def profile_from_run(
-    summary: Mapping[str, Any],
+    summary: RunSummary,
     *,
     slots: int,
     e2e_ms: Sequence[float] = (),
@@ -228,7 +229,7 @@ def profile_from_run(
     """Profile from a run's summary at `slots` concurrency; `e2e_ms` samples give the variation."""
     from capplan.regression.metrics import flatten
 
-    figures = flatten(summary)
+    figures = flatten(summary.whole)
     mean_e2e = figures.get("mean_e2e_ms")
     if mean_e2e is None or mean_e2e <= 0:
         raise InputError("the run has no successful requests (no mean e2e_ms); pick another run")

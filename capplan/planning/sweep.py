@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from capplan.errors import InputError
+from capplan.loadtest.summary_model import RunSummary
 from capplan.planning.sweep_result import Axis, StopReason, SweepPoint, SweepResult
 from capplan.regression.metrics import flatten
 from capplan.regression.thresholds import (
@@ -43,7 +44,8 @@ DEFAULT_ERROR_SLO = "error_rate<1%"
 REJECTION_STATUSES = ("429", "503")
 
 RunPoint = Callable[[float, int, Path], Mapping[str, Any]]
-"""run_point(load, repeat, out_dir) -> summary.json dict of one load test at that load."""
+"""run_point(load, repeat, out_dir) -> summary.json dict of one load test at that load (as
+`RunResult.summary` holds it); the sweep reads it as a `RunSummary`."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class _Search:
             self.on_point(point)
         return point
 
-    def _finished(self, run_dir: Path) -> Mapping[str, Any] | None:
+    def _finished(self, run_dir: Path) -> RunSummary | None:
         """A point-run an earlier sweep completed (an interrupted one is measured again)."""
         summary_path = run_dir / "summary.json"
         if not self.resume or not summary_path.is_file():
@@ -139,15 +141,16 @@ class _Search:
             data = json.loads(summary_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return None
-        if not isinstance(data, dict) or data.get("interrupted"):
+        if not isinstance(data, dict):
             return None
-        return data
+        summary = RunSummary.from_dict(data)
+        return None if summary.interrupted else summary
 
-    def _run(self, load: float, repeat: int, run_dir: Path) -> Mapping[str, Any]:
+    def _run(self, load: float, repeat: int, run_dir: Path) -> RunSummary:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a point killed mid-run: its partial records would mix in
-        summary = self.run_point(load, repeat, run_dir)
-        if summary.get("interrupted"):
+        summary = RunSummary.from_dict(self.run_point(load, repeat, run_dir))
+        if summary.interrupted:
             # Ctrl-C stops the load test, which returns what finished; judging that partial
             # point (and going on to the next) would be wrong, so the whole sweep stops here.
             raise SweepInterrupted(self.spec.axis, load, self.out_dir)
@@ -299,12 +302,12 @@ def _mark_saturated(point: SweepPoint) -> SweepPoint:
 
 def _point(
     load: float,
-    summaries: Sequence[Mapping[str, Any]],
+    summaries: Sequence[RunSummary],
     slos: Sequence[Threshold],
     run_dirs: tuple[str, ...],
     phase: Literal["ladder", "bisect"],
 ) -> SweepPoint:
-    flats = [flatten(s) for s in summaries]
+    flats = [flatten(s.whole) for s in summaries]
     figures: dict[str, float] = {}
     spread: dict[str, tuple[float, float]] = {}
     for name in {k for f in flats for k in f}:
@@ -312,21 +315,19 @@ def _point(
         figures[name] = statistics.median(values)
         if len(values) > 1 and name in KEY_FIGURES:
             spread[name] = (min(values), max(values))
-    per_repeat = [evaluate_thresholds(s, slos) for s in summaries]
+    per_repeat = [evaluate_thresholds(s.whole, slos) for s in summaries]
     worst = tuple(
         next((r[i] for r in per_repeat if not r[i].passed), per_repeat[0][i])
         for i in range(len(slos))
     )
     rejections = sum(_rejections(s) for s in summaries)
-    invalid = tuple(
-        dict.fromkeys(str(r) for s in summaries if s.get("valid") is False for r in s["reasons"])
-    )
+    invalid = tuple(dict.fromkeys(r for s in summaries if not s.valid for r in s.reasons))
     return SweepPoint(load, figures, spread, worst, rejections, run_dirs, False, phase, invalid)
 
 
-def _rejections(summary: Mapping[str, Any]) -> int:
-    by_status = (summary.get("requests") or {}).get("by_status") or {}
-    return sum(int(by_status.get(code, 0)) for code in REJECTION_STATUSES)
+def _rejections(summary: RunSummary) -> int:
+    by_status = summary.whole.requests.by_status
+    return sum(by_status.get(code, 0) for code in REJECTION_STATUSES)
 
 
 def find_knee(points: Sequence[SweepPoint], latency: str = "p95_e2e_ms") -> float | None:

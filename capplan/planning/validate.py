@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from capplan.loadtest.summary_model import RunSummary
 from capplan.regression.metrics import flatten
 
 _MIB = 1024 * 1024
@@ -141,13 +142,13 @@ def estimated_figures(
 
 
 def measured_figures(
-    summary: Mapping[str, Any],
+    summary: RunSummary,
     *,
     safe_concurrency: float | None = None,
     telemetry_csv: str | Path | None = None,
 ) -> dict[str, float]:
     """The same figures from a run: p50 TTFT and TPOT, mean E2E, output tokens/s, peaks."""
-    flat = flatten(summary)
+    flat = flatten(summary.whole)
     figures: dict[str, float] = {}
     for ours, theirs in (
         ("ttft_ms", "p50_ttft_ms"),

@@ -19,7 +19,7 @@ from typing import Literal
 from capplan.errors import InputError
 from capplan.loadtest.metrics import RequestMetrics
 from capplan.loadtest.record import RequestRecord
-from capplan.loadtest.summary import step_blocks
+from capplan.loadtest.summary_model import RunSummary, StepSummary
 from capplan.regression.metrics import (
     STATS,
     flatten,
@@ -200,42 +200,35 @@ _WORKLOAD_KEYS = (
 def _warnings(baseline: LoadedRun, current: LoadedRun) -> list[str]:
     out = []
     for name, run in (("baseline", baseline), ("current", current)):
-        if run.summary.get("valid") is False:
-            reasons = "; ".join(str(r) for r in run.summary.get("reasons") or [])
-            out.append(f"the {name} run is marked invalid: {reasons}")
+        if not run.summary.valid:
+            out.append(f"the {name} run is marked invalid: {'; '.join(run.summary.reasons)}")
         if not run.records:
             out.append(
                 f"noise test skipped: the {name} run has no requests.jsonl, so limits alone "
                 "decide (pass run directories with their records)"
             )
-    base_cfg = baseline.summary.get("config") or {}
-    cur_cfg = current.summary.get("config") or {}
-    differing = [k for k in _WORKLOAD_KEYS if k in base_cfg and base_cfg.get(k) != cur_cfg.get(k)]
+    differing = baseline.summary.config.differing(current.summary.config, _WORKLOAD_KEYS)
     if differing:
         out.append(f"the runs' workloads differ in: {', '.join(differing)}")
     return out
 
 
-def flatten_any(summary: Mapping[str, object]) -> dict[str, float]:
-    """Top-level figures, and the first ladder step's."""
-    flat = flatten(summary)
-    steps = summary.get("steps")
-    if isinstance(steps, list) and steps and isinstance(steps[0], Mapping):
-        flat = {**flatten(steps[0]), **flat}
-    return flat
+def flatten_any(summary: RunSummary) -> dict[str, float]:
+    """The whole run's figures, and the first ladder step's."""
+    return {**flatten(summary.steps[0]), **flatten(summary.whole)}
 
 
 def _paired_blocks(
-    base: Mapping[str, object], cur: Mapping[str, object]
-) -> tuple[list[tuple[str | None, Mapping[str, object], Mapping[str, object]]], list[str]]:
+    base: RunSummary, cur: RunSummary
+) -> tuple[list[tuple[str | None, StepSummary, StepSummary]], list[str]]:
     """(step label, baseline block, current block) pairs, and warnings about unpaired steps.
 
     Two single-step runs compare whole; otherwise steps pair by label (`concurrency=4`). Every
     baseline step must be in the current run: a step silently dropped would pass unjudged.
     """
-    base_steps, cur_steps = step_blocks(base), step_blocks(cur)
-    if len(base_steps) <= 1 and len(cur_steps) <= 1:
-        return [(None, base, cur)], []
+    if not base.is_ladder and not cur.is_ladder:
+        return [(None, base.whole, cur.whole)], []
+    base_steps, cur_steps = base.steps_by_label(), cur.steps_by_label()
     missing = [label for label in base_steps if label not in cur_steps]
     if missing:
         raise InputError(
@@ -243,7 +236,7 @@ def _paired_blocks(
             f"(baseline: {', '.join(base_steps)}; current: {', '.join(cur_steps) or 'none'}); "
             "run the current one with the baseline's ladder"
         )
-    pairs: list[tuple[str | None, Mapping[str, object], Mapping[str, object]]] = [
+    pairs: list[tuple[str | None, StepSummary, StepSummary]] = [
         (label, block, cur_steps[label]) for label, block in base_steps.items()
     ]
     extra = [label for label in cur_steps if label not in base_steps]

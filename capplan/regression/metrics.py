@@ -8,14 +8,13 @@ spell the same figures as `p95(ttft)`; `metric_name` maps one spelling to the ot
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any, TypeGuard
 
 from capplan.errors import InputError
 from capplan.loadtest.metrics import PERCENTILES
+from capplan.loadtest.summary_model import LATENCY_BLOCKS, StepSummary
 from capplan.units import milliseconds
 
-LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "latency_ms", "generator_lag_ms")
+LATENCY_METRICS = LATENCY_BLOCKS
 # The statistics `capplan.loadtest.metrics.stats` writes for every latency.
 STATS = (*(f"p{p}" for p in PERCENTILES), "mean", "max", "min")
 
@@ -136,41 +135,31 @@ def higher_is_better(name: str) -> bool:
     return name in _HIGHER_IS_BETTER
 
 
-def flatten(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Every figure a summary (or one ladder step of it) holds, under its flat name."""
+def flatten(block: StepSummary) -> dict[str, float]:
+    """Every figure a summary step (or a run's whole block) holds, under its flat name."""
     flat: dict[str, float] = {}
     for metric in LATENCY_METRICS:
-        block = summary.get(metric)
-        if isinstance(block, Mapping):
-            for stat, value in block.items():
-                if _is_number(value):
-                    flat[f"{stat}_{metric}"] = float(value)
-    throughput = summary.get("throughput")
-    if isinstance(throughput, Mapping):
-        for key, value in throughput.items():
-            if _is_number(value):
-                flat[key] = float(value)
-    goodput = summary.get("goodput")
-    if _is_number(goodput):
-        flat["goodput_requests_per_s"] = float(goodput)
-    elif isinstance(goodput, Mapping):
-        for key, value in goodput.items():
-            if _is_number(value):
-                flat[key if key.startswith("goodput") else f"goodput_{key}"] = float(value)
-    requests = summary.get("requests")
-    if isinstance(requests, Mapping):
-        total = requests.get("total")
-        failed = requests.get("failed")
-        for key in ("total", "ok", "failed"):
-            if _is_number(requests.get(key)):
-                flat[key] = float(requests[key])
-        if _is_number(total) and _is_number(failed):
-            flat["error_rate"] = float(failed) / float(total) if total else 0.0
-    error_rate = summary.get("error_rate")
-    if _is_number(error_rate):
-        flat["error_rate"] = float(error_rate)
+        stats = block.latency(metric)
+        for stat, value in (stats.to_dict() if stats is not None else {}).items():
+            if value is not None:
+                flat[f"{stat}_{metric}"] = float(value)
+    for key, figure in block.throughput.to_dict().items():
+        if figure is not None:
+            flat[key] = figure
+    goodput = block.goodput
+    for key, figure in (("requests_per_s", goodput.requests_per_s), ("fraction", goodput.fraction)):
+        if figure is not None:
+            flat[f"goodput_{key}"] = figure
+    requests = block.requests
+    for key, number in (
+        ("total", requests.total),
+        ("ok", requests.ok),
+        ("failed", requests.failed),
+    ):
+        if number is not None:
+            flat[key] = float(number)
+    if requests.total is not None and requests.failed is not None:
+        flat["error_rate"] = requests.failed / requests.total if requests.total else 0.0
+    if block.error_rate is not None:
+        flat["error_rate"] = block.error_rate
     return flat
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from capplan.errors import InputError
 from capplan.loadtest.record import RequestRecord, read_records
+from capplan.loadtest.summary_model import RunSummary
 
 SUMMARY_FILE = "summary.json"
 RECORDS_FILE = "requests.jsonl"
@@ -17,7 +17,7 @@ RECORDS_FILE = "requests.jsonl"
 @dataclass
 class LoadedRun:
     path: Path  # the run directory
-    summary: dict[str, Any]
+    summary: RunSummary
     records: list[RequestRecord] = field(default_factory=list)
 
     def step_records(self, step: str | None) -> list[RequestRecord]:
@@ -56,4 +56,4 @@ def load_run(path: str | Path, *, with_records: bool = True) -> LoadedRun:
         raise InputError(f"'{summary_path}' is not a summary object; regenerate it")
     read = with_records and records_path.is_file()
     records = read_records(records_path) if read else []
-    return LoadedRun(run_dir, summary, records)
+    return LoadedRun(run_dir, RunSummary.from_dict(summary), records)

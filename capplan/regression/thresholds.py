@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from capplan.errors import InputError
-from capplan.loadtest.summary import step_blocks
+from capplan.loadtest.summary_model import RunSummary, StepSummary
 from capplan.regression.metrics import flatten, in_metric_unit, is_latency, parse_metric
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -89,10 +89,10 @@ def parse_thresholds(texts: Iterable[str]) -> list[Threshold]:
 
 
 def evaluate_thresholds(
-    figures: Mapping[str, Any], thresholds: Iterable[Threshold], *, step: str | None = None
+    block: StepSummary, thresholds: Iterable[Threshold], *, step: str | None = None
 ) -> list[ThresholdResult]:
-    """Judges thresholds against one summary block (top level or one ladder step)."""
-    flat = flatten(figures)
+    """Judges thresholds against one summary block (a single-step run's, or one ladder step)."""
+    flat = flatten(block)
     results = []
     for threshold in thresholds:
         actual = flat.get(threshold.metric)
@@ -101,21 +101,20 @@ def evaluate_thresholds(
     return results
 
 
-def evaluate(summary: Mapping[str, Any], expressions: Iterable[str]) -> list[ThresholdResult]:
-    """Judges each expression against a summary.json dict.
+def evaluate(summary: RunSummary, expressions: Iterable[str]) -> list[ThresholdResult]:
+    """Judges each expression against a run's summary.
 
-    A ladder summary (more than one entry in `steps`) is judged step by step, each result
-    labelled with its step; a figure the summary lacks fails its threshold, never passes silently.
+    A ladder is judged step by step, each result labelled with its step; a figure the summary
+    lacks fails its threshold, never passes silently.
     """
     thresholds = parse_thresholds(expressions)
-    steps = summary.get("steps")
-    if isinstance(steps, list) and len(steps) > 1:
+    if summary.is_ladder:
         return [
             result
-            for label, block in step_blocks(summary).items()
-            for result in evaluate_thresholds(block, thresholds, step=label)
+            for step in summary.steps
+            for result in evaluate_thresholds(step, thresholds, step=step.step)
         ]
-    return evaluate_thresholds(summary, thresholds)
+    return evaluate_thresholds(summary.whole, thresholds)
 
 
 def all_passed(results: Iterable[ThresholdResult]) -> bool:

@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from capplan.loadtest.live import ProgressSnapshot
+from capplan.loadtest.summary_blocks import ServerView, Stats
+from capplan.loadtest.summary_model import RunSummary
 
 
 def _ms(value: float | None) -> str:
@@ -69,16 +71,13 @@ class LiveProgress:
         self._live.update(progress_text(snap))
 
 
-def _p(block: Mapping[str, Any] | None, stat: str) -> float | None:
-    if not isinstance(block, Mapping):
-        return None
-    value = block.get(stat)
-    return float(value) if isinstance(value, int | float) else None
+def _p(stats: Stats | None, stat: str) -> float | None:
+    return None if stats is None else stats.value(stat)
 
 
-def summary_table(summary: Mapping[str, Any]) -> Table:
+def summary_table(summary: RunSummary) -> Table:
     """One row per step: requests, latency percentiles, throughput, goodput, validity."""
-    table = Table(title=f"capplan loadtest: {summary.get('config', {}).get('name', '')}")
+    table = Table(title=f"capplan loadtest: {summary.config.name or ''}")
     for column in (
         "step",
         "ok/failed",
@@ -92,23 +91,19 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         "figures valid",
     ):
         table.add_column(column, justify="left" if column == "step" else "right")
-    for step in summary.get("steps", []):
-        requests = step.get("requests", {})
-        throughput = step.get("throughput", {})
-        goodput = step.get("goodput", {})
-        ttft, tpot, e2e = step.get("ttft_ms"), step.get("tpot_ms"), step.get("e2e_ms")
-        fraction = goodput.get("fraction")
+    for step in summary.steps:
+        requests, throughput, fraction = step.requests, step.throughput, step.goodput.fraction
         table.add_row(
-            str(step.get("step", "")),
-            f"{requests.get('ok', 0)}/{requests.get('failed', 0)}",
-            "/".join(_ms(_p(ttft, s)) for s in ("p50", "p95", "p99")),
-            "/".join(_ms(_p(tpot, s)) for s in ("p50", "p95")),
-            _ms(_p(step.get("itl_ms"), "p95")),
-            "/".join(_ms(_p(e2e, s)) for s in ("p50", "p95")),
-            _num(throughput.get("requests_per_s"), 2),
-            _num(throughput.get("output_tokens_per_s"), 0),
-            f"{fraction:.0%}" if isinstance(fraction, int | float) else "-",
-            "yes" if step.get("valid") else "NO",
+            step.step,
+            f"{requests.ok or 0}/{requests.failed or 0}",
+            "/".join(_ms(_p(step.ttft_ms, s)) for s in ("p50", "p95", "p99")),
+            "/".join(_ms(_p(step.tpot_ms, s)) for s in ("p50", "p95")),
+            _ms(_p(step.itl_ms, "p95")),
+            "/".join(_ms(_p(step.e2e_ms, s)) for s in ("p50", "p95")),
+            _num(throughput.requests_per_s, 2),
+            _num(throughput.output_tokens_per_s, 0),
+            f"{fraction:.0%}" if fraction is not None else "-",
+            "yes" if step.valid else "NO",
         )
     return table
 
@@ -119,7 +114,7 @@ def _num(value: object, digits: int) -> str:
 
 def print_result(
     console: Console,
-    summary: Mapping[str, Any],
+    summary: RunSummary,
     out_dir: Path,
     reports: Sequence[Path],
     report_error: str | None,
@@ -127,27 +122,25 @@ def print_result(
 ) -> None:
     """The end-of-run view: table, statuses, validity, thresholds, where the files are."""
     parts: list[Any] = [summary_table(summary)]
-    for step in summary.get("steps", []):
-        requests = step.get("requests", {})
-        statuses = requests.get("by_status", {})
-        errors = requests.get("by_error", {})
+    for step in summary.steps:
+        requests = step.requests
+        statuses, errors = requests.by_status, requests.by_error
         if set(statuses) - {"200"} or errors:
-            line = f"{step.get('step')}: by status {statuses}"
+            line = f"{step.step}: by status {statuses}"
             if errors:  # a 200 can fail too: a dropped stream, a timeout mid-answer
                 line += f"; failed by error class {errors}"
             parts.append(Text(line, style="yellow"))
-            for kind, detail in requests.get("error_examples", {}).items():
+            for kind, detail in requests.error_examples.items():
                 parts.append(Text(f"    e.g. {kind}: {detail or '(no detail)'}", style="dim"))
-        for note in step.get("notes", []):
-            parts.append(Text(f"note ({step.get('step')}): {note}", style="dim"))
-    view = summary.get("server_view")
-    if isinstance(view, Mapping):
-        parts.append(Text(server_view_line(view), style="dim"))
-    if summary.get("valid"):
+        for note in step.notes:
+            parts.append(Text(f"note ({step.step}): {note}", style="dim"))
+    if summary.server_view is not None:
+        parts.append(Text(server_view_line(summary.server_view), style="dim"))
+    if summary.valid:
         parts.append(Text("run valid: the client kept up with the load", style="green"))
     else:
         parts.append(Text("run NOT valid:", style="bold red"))
-        parts.extend(Text(f"  - {reason}", style="red") for reason in summary.get("reasons", []))
+        parts.extend(Text(f"  - {reason}", style="red") for reason in summary.reasons)
     for result in thresholds:
         where = f" [{result.step}]" if getattr(result, "step", None) else ""
         actual = "missing" if result.actual is None else f"{result.actual:g}"
@@ -163,15 +156,17 @@ def print_result(
     console.print(Group(*parts))
 
 
-def server_view_line(view: Mapping[str, Any]) -> str:
+def server_view_line(view: ServerView) -> str:
     """The client's means against the server's own /metrics, in one line."""
-    server, client = view.get("server") or {}, view.get("client") or {}
+    server, client = view.server, view.client
     parts = []
-    for key, name in (("ttft_mean_ms", "TTFT"), ("e2e_mean_ms", "E2E")):
-        c, s = client.get(key), server.get(key)
-        if isinstance(c, int | float) and isinstance(s, int | float):
+    for name, c, s in (
+        ("TTFT", client.ttft_mean_ms, server.ttft_mean_ms),
+        ("E2E", client.e2e_mean_ms, server.e2e_mean_ms),
+    ):
+        if c is not None and s is not None:
             parts.append(f"{name} mean client {c:.1f} / server {s:.1f} ms ({c - s:+.1f})")
-    tokens_c, tokens_s = client.get("output_tokens"), server.get("output_tokens")
+    tokens_c, tokens_s = client.output_tokens, server.output_tokens
     if tokens_s is not None:
         same = "match" if tokens_c == tokens_s else "DIFFER"
         parts.append(f"output tokens {tokens_c} / {tokens_s} ({same})")

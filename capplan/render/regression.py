@@ -89,16 +89,25 @@ def delta_text(row: MetricComparison) -> str:
     return f"{row.delta:+.3g}" + (f" ({pct:+.1f}%)" if pct is not None else "")
 
 
+# A sweep table's figure columns: header, flat figure name, and whether the spread across
+# repeats is shown beside the median.
+_SWEEP_COLUMNS = (
+    ("p50 TTFT ms", "p50_ttft_ms", True),
+    ("p95 TTFT ms", "p95_ttft_ms", True),
+    ("p50 TPOT ms", "p50_tpot_ms", False),
+    ("p95 E2E ms", "p95_e2e_ms", True),
+    ("req/s", "requests_per_s", False),
+    ("tok/s", "output_tokens_per_s", False),
+    ("errors", "error_rate", False),
+)
+
+
 def sweep_table(result: SweepResult) -> Group:
     table = Table(title=f"Sweep over {result.axis}", title_justify="left")
-    for name in (result.axis, "p50 TTFT ms", "p95 TTFT ms", "p50 TPOT ms", "p95 E2E ms"):
+    for name in (result.axis, *(header for header, _, _ in _SWEEP_COLUMNS)):
         table.add_column(name, justify="right")
-    table.add_column("req/s", justify="right")
-    table.add_column("tok/s", justify="right")
-    table.add_column("errors", justify="right")
     table.add_column("SLO")
     for p in result.points:
-        f = p.figures
         status = "[green]pass[/]" if p.passed else f"[red]fail: {', '.join(p.broken)}[/]"
         if p.saturated:
             status = "[yellow]saturated[/]"
@@ -106,13 +115,10 @@ def sweep_table(result: SweepResult) -> Group:
             status += " [yellow](invalid run*)[/]"
         table.add_row(
             f"{p.load:g}" + ("" if p.phase == "ladder" else " (b)"),
-            _with_spread(p.figures.get("p50_ttft_ms"), p.spread.get("p50_ttft_ms")),
-            _with_spread(f.get("p95_ttft_ms"), p.spread.get("p95_ttft_ms")),
-            fmt(f.get("p50_tpot_ms")),
-            _with_spread(f.get("p95_e2e_ms"), p.spread.get("p95_e2e_ms")),
-            fmt(f.get("requests_per_s")),
-            fmt(f.get("output_tokens_per_s")),
-            fmt(f.get("error_rate"), "error_rate"),
+            *(
+                _with_spread(p.figures.get(name), p.spread.get(name) if spread else None, name)
+                for _, name, spread in _SWEEP_COLUMNS
+            ),
             status,
         )
     lines = [
@@ -133,9 +139,9 @@ def sweep_table(result: SweepResult) -> Group:
     return Group(table, *(Text(line) for line in lines))
 
 
-def _with_spread(value: float | None, spread: tuple[float, float] | None) -> str:
+def _with_spread(value: float | None, spread: tuple[float, float] | None, metric: str = "") -> str:
     if spread is None:
-        return fmt(value)
+        return fmt(value, metric)
     return f"{fmt(value)} [{fmt(spread[0])}-{fmt(spread[1])}]"
 
 

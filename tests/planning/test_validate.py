@@ -7,6 +7,7 @@ import pytest
 from capplan.estimate.estimator import EstimateRequest, estimate
 from capplan.estimate.gpu_spec import resolve_gpu
 from capplan.estimate.model_spec import resolve_model
+from capplan.loadtest.summary_model import RunSummary
 from capplan.planning.validate import (
     WorkloadShape,
     estimated_figures,
@@ -99,7 +100,9 @@ def test_emulated_backend_agrees_with_its_own_estimate(tmp_path: Path, serve_emu
                           max_tokens=12)  # fmt: skip
     result = validate(
         estimated_figures(TIMING, shape),
-        measured_figures(run.summary, telemetry_csv=run.out_dir / "telemetry.csv"),
+        measured_figures(
+            RunSummary.from_dict(run.summary), telemetry_csv=run.out_dir / "telemetry.csv"
+        ),
         subject="emulated",
     )
     errors = {r.name: r.error_pct for r in result.rows}

@@ -14,6 +14,7 @@ from capplan.loadtest.httpx.run import run_load
 from capplan.loadtest.record import RequestRecord, write_records
 from capplan.loadtest.run import RunResult, load_scenario
 from capplan.loadtest.summary import summarize
+from capplan.loadtest.summary_model import RunSummary
 from capplan.regression.runs import LoadedRun
 from capplan.settings import ServerSettings
 from reference_server.app import create_app
@@ -86,7 +87,7 @@ def synthetic_run(
         t += 0.05
     concurrency = [int(step.partition("=")[2]) for step in steps]
     summary = summarize(records, {"steps": list(steps), "concurrency": concurrency})
-    return LoadedRun(Path(f"run-{seed}"), summary, records)
+    return LoadedRun(Path(f"run-{seed}"), RunSummary.from_dict(summary), records)
 
 
 def write_run(run: LoadedRun, out_dir: Path) -> Path:
@@ -94,6 +95,6 @@ def write_run(run: LoadedRun, out_dir: Path) -> Path:
     import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(run.summary), encoding="utf-8")
+    (out_dir / "summary.json").write_text(json.dumps(run.summary.to_dict()), encoding="utf-8")
     write_records(out_dir / "requests.jsonl", run.records)
     return out_dir

@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from capplan.errors import InputError
-from capplan.regression.thresholds import all_passed, evaluate, parse_threshold
+from capplan.loadtest.summary_model import RunSummary
+from capplan.regression.thresholds import ThresholdResult, all_passed, parse_threshold
+from capplan.regression.thresholds import evaluate as evaluate_summary
+
+
+def evaluate(summary: dict[str, object], expressions: list[str]) -> list[ThresholdResult]:
+    """The thresholds judged against a summary.json dict, read through the model."""
+    return evaluate_summary(RunSummary.from_dict(summary), expressions)
 
 
 def _summary(**over: object) -> dict[str, object]:

@@ -14,6 +14,7 @@ from typing import Any
 from capplan.errors import InputError
 from capplan.loadtest.record import RequestRecord, read_records
 from capplan.loadtest.summary import write_json
+from capplan.loadtest.summary_model import RunSummary
 
 REBUILT_NOTE = "summary rebuilt by `capplan report` from requests.jsonl"
 
@@ -36,15 +37,16 @@ def build_reports(
     if records is None:
         records = _read_run_records(run_dir)
     written: list[Path] = []
-    summary = _read_json(run_dir / "summary.json")
-    if summary is None or resummarize:
-        if summary is None:
+    data = _read_json(run_dir / "summary.json")
+    if data is None or resummarize:
+        if data is None:
             # A run killed before its summary: the config, if the engine saved it apart.
             config = _read_json(run_dir / "config.json")
-            summary = {"config": config} if config is not None else None
-        summary = _resummarize(records, summary, run_dir.name)
-        write_json(run_dir / "summary.json", summary)
+            data = {"config": config} if config is not None else None
+        data = _resummarize(records, RunSummary.from_dict(data or {}), run_dir.name)
+        write_json(run_dir / "summary.json", data)
         written.append(run_dir / "summary.json")
+    summary = RunSummary.from_dict(data)
 
     requests = requests_frame(records)
     parquet = run_dir / "requests.parquet"
@@ -82,45 +84,36 @@ def _read_run_records(run_dir: Path) -> list[RequestRecord]:
     return read_records(records_path)
 
 
-def _resummarize(records: list[Any], old: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+def _resummarize(records: list[RequestRecord], old: RunSummary, run_id: str) -> dict[str, Any]:
+    """summary.json from the records, with what the old summary (if any) held beside them."""
     from capplan.loadtest.server_view import attach_server_view
-    from capplan.loadtest.summary import (
-        ENGINE_BLOCKS,
-        apply_engine_block,
-        attach_load_model_runs,
-        load_model_runs_of,
-        summarize,
-    )
+    from capplan.loadtest.summary import apply_engine_block, attach_load_model_runs, summarize
 
-    old = old or {}
-    selfcheck = {
-        str(step.get("step")): step["client"]
-        for step in old.get("steps", [])
-        if isinstance(step, dict) and isinstance(step.get("client"), dict)
-    }
-    environment = old.get("environment") or {
+    selfcheck = {label: check.to_dict() for label, check in old.client_checks().items()}
+    environment = old.environment or {
         "note": "not recorded: summary.json was missing when `capplan report` rebuilt it"
     }
     summary = summarize(
         records,
-        old.get("config") or None,
+        old.config.to_dict() or None,
         selfcheck=selfcheck or None,
         environment=environment,
-        interrupted=bool(old.get("interrupted", False)),
-        engine=str(old.get("engine") or "unknown"),
-        run_id=old.get("run_id") or run_id,
+        interrupted=old.interrupted,
+        engine=old.engine or "unknown",
+        run_id=old.run_id or run_id,
     )
-    for key in ("started_at", "ended_at"):
-        if key in old:
-            summary[key] = old[key]
+    if old.started_at is not None:
+        summary["started_at"] = old.started_at
+    if old.ended_at is not None:
+        summary["ended_at"] = old.ended_at
     # What the engine added beside the figures (records alone do not hold it).
-    attach_load_model_runs(summary, load_model_runs_of(old))
-    for engine_name in ENGINE_BLOCKS:
-        if isinstance(old.get(engine_name), dict):
-            apply_engine_block(summary, engine_name, old[engine_name])
-    view = old.get("server_view")
-    if isinstance(view, dict):
-        attach_server_view(summary, view.get("before"), view.get("after"), records)
+    runs = {label: run.to_dict() for label, run in old.load_model_runs().items()}
+    attach_load_model_runs(summary, runs)
+    for engine_name, block in old.engine_blocks.items():
+        apply_engine_block(summary, engine_name, block)
+    if old.server_view is not None:
+        view = old.server_view
+        attach_server_view(summary, view.before, view.after, records)
     summary["rebuilt"] = REBUILT_NOTE
     return summary
 

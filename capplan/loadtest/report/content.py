@@ -20,6 +20,8 @@ from capplan.loadtest.report import plots
 from capplan.loadtest.report.energy import energy_between, energy_columns, joules_per_token
 from capplan.loadtest.report.frame import run_start
 from capplan.loadtest.report.timeline import timeline_figure
+from capplan.loadtest.summary_blocks import ServerView, Stats
+from capplan.loadtest.summary_model import RunConfig, RunSummary, StepSummary
 
 
 @dataclass
@@ -52,39 +54,31 @@ class ReportContent:
     environment: list[tuple[str, str]] = field(default_factory=list)
 
 
-def steps_of(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    steps = summary.get("steps")
-    if isinstance(steps, list) and steps:
-        return [s for s in steps if isinstance(s, dict)]
-    return [dict(summary, step=summary.get("step", ""))]
-
-
 def build_content(
-    summary: Mapping[str, Any],
+    summary: RunSummary,
     requests: pd.DataFrame,
     telemetry: pd.DataFrame,
     telemetry_meta: Mapping[str, Any],
 ) -> ReportContent:
-    config = summary.get("config") if isinstance(summary.get("config"), dict) else {}
-    assert isinstance(config, dict)
-    steps = steps_of(summary)
-    step_order = [str(s.get("step", "")) for s in steps]
+    config = summary.config
+    steps = summary.steps
+    step_order = [s.step for s in steps]
     start = run_start(requests, telemetry)
     joules = _energy_by_step(requests, telemetry, step_order)
     memory_label = _memory_label(telemetry, telemetry_meta)
     content = ReportContent(
-        title=f"Load test: {config.get('name') or summary.get('run_id') or 'run'}",
-        valid=bool(summary.get("valid", False)),
-        reasons=[str(r) for r in summary.get("reasons", [])],
+        title=f"Load test: {config.name or summary.run_id or 'run'}",
+        valid=summary.valid,
+        reasons=list(summary.reasons),
         notes=_notes(steps),
         facts=_facts(summary, config, requests, start, telemetry_meta),
-        config_json=json.dumps(config, indent=2, sort_keys=True, default=str),
-        environment=_environment(summary.get("environment")),
+        config_json=json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str),
+        environment=_environment(summary.environment),
     )
     content.tables.append(_latency_table(steps))
     content.tables.append(_throughput_table(steps, joules))
-    content.tables.append(_status_table(summary, steps))
-    server_table = _server_view_table(summary.get("server_view"))
+    content.tables.append(_status_table(steps))
+    server_table = _server_view_table(summary.server_view)
     if server_table is not None:
         content.tables.append(server_table)
     telemetry_table = _telemetry_table(telemetry, telemetry_meta, requests, start)
@@ -152,26 +146,25 @@ def fmt(value: Any, digits: int | None = None) -> str:
     return str(value)
 
 
-def _stat(block: Mapping[str, Any], key: str, p: str) -> Any:
-    value = block.get(key)
-    return value.get(p) if isinstance(value, Mapping) else None
+def _stat(stats: Stats | None, p: str) -> float | None:
+    return None if stats is None else stats.value(p)
 
 
-def _latency_table(steps: Sequence[Mapping[str, Any]]) -> Table:
-    open_loop = any("latency_ms" in s for s in steps)
+def _latency_table(steps: Sequence[StepSummary]) -> Table:
+    open_loop = any(s.open_loop for s in steps)
     headers = ["step", "TTFT p50", "p90", "p99", "TPOT p50", "p99", "ITL p50", "p99"]
     headers += ["E2E p50", "p90", "p99"]
     if open_loop:
         headers += ["latency p99 (from intended start)", "generator lag p99"]
     rows = []
     for s in steps:
-        row = [str(s.get("step") or "run")]
-        row += [fmt(_stat(s, "ttft_ms", p)) for p in ("p50", "p90", "p99")]
-        row += [fmt(_stat(s, "tpot_ms", p)) for p in ("p50", "p99")]
-        row += [fmt(_stat(s, "itl_ms", p)) for p in ("p50", "p99")]
-        row += [fmt(_stat(s, "e2e_ms", p)) for p in ("p50", "p90", "p99")]
+        row = [s.step or "run"]
+        row += [fmt(_stat(s.ttft_ms, p)) for p in ("p50", "p90", "p99")]
+        row += [fmt(_stat(s.tpot_ms, p)) for p in ("p50", "p99")]
+        row += [fmt(_stat(s.itl_ms, p)) for p in ("p50", "p99")]
+        row += [fmt(_stat(s.e2e_ms, p)) for p in ("p50", "p90", "p99")]
         if open_loop:
-            row += [fmt(_stat(s, "latency_ms", "p99")), fmt(_stat(s, "generator_lag_ms", "p99"))]
+            row += [fmt(_stat(s.latency_ms, "p99")), fmt(_stat(s.generator_lag_ms, "p99"))]
         rows.append(row)
     note = (
         "Milliseconds, successful measured requests (warmup excluded); "
@@ -180,28 +173,23 @@ def _latency_table(steps: Sequence[Mapping[str, Any]]) -> Table:
     return Table("Latency (ms)", headers, rows, note)
 
 
-def _throughput_table(
-    steps: Sequence[Mapping[str, Any]], joules: Mapping[str, float | None]
-) -> Table:
+def _throughput_table(steps: Sequence[StepSummary], joules: Mapping[str, float | None]) -> Table:
     headers = ["step", "ok / total", "failed", "requests/s", "output tokens/s"]
     headers += ["goodput req/s", "goodput %", "J / output token", "figures valid"]
     rows = []
     for s in steps:
-        requests = s.get("requests") if isinstance(s.get("requests"), Mapping) else {}
-        assert isinstance(requests, Mapping)
-        fraction = _stat(s, "goodput", "fraction")
-        label = str(s.get("step", ""))
+        requests, fraction = s.requests, s.goodput.fraction
         rows.append(
             [
-                label or "run",
-                f"{fmt(requests.get('ok'))} / {fmt(requests.get('total'))}",
-                fmt(requests.get("failed")),
-                fmt(_stat(s, "throughput", "requests_per_s")),
-                fmt(_stat(s, "throughput", "output_tokens_per_s")),
-                fmt(_stat(s, "goodput", "requests_per_s")),
-                f"{fraction:.1%}" if isinstance(fraction, int | float) else "-",
-                fmt(joules.get(label)),
-                "yes" if s.get("valid", True) else "NO",
+                s.step or "run",
+                f"{fmt(requests.ok)} / {fmt(requests.total)}",
+                fmt(requests.failed),
+                fmt(s.throughput.requests_per_s),
+                fmt(s.throughput.output_tokens_per_s),
+                fmt(s.goodput.requests_per_s),
+                f"{fraction:.1%}" if fraction is not None else "-",
+                fmt(joules.get(s.step)),
+                "yes" if s.valid else "NO",
             ]
         )
     note = (
@@ -219,21 +207,18 @@ def _throughput_table(
     return Table("Throughput and outcome", headers, rows, note)
 
 
-def _status_table(summary: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]) -> Table:
+def _status_table(steps: Sequence[StepSummary]) -> Table:
     columns: dict[tuple[str, str], str] = {}
     for s in steps:
         for section, prefix in (("by_status", "HTTP "), ("by_error", "error ")):
-            block = s.get("requests", {}).get(section, {})
-            for name in block if isinstance(block, Mapping) else ():
+            for name in _section(s, section):
                 header = prefix + name if name.isdigit() or section == "by_error" else name
                 columns.setdefault((section, name), header)
     headers = ["step", *columns.values()]
     rows = []
     for s in steps:
-        requests = s.get("requests", {})
-        row = [str(s.get("step") or "run")]
-        for section, name in columns:
-            row.append(fmt(requests.get(section, {}).get(name, 0)))
+        row = [s.step or "run"]
+        row += [fmt(_section(s, section).get(name, 0)) for section, name in columns]
         rows.append(row)
     note = (
         "HTTP columns count responses by status (a request with no response by its error); "
@@ -241,9 +226,8 @@ def _status_table(summary: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]
     )
     examples: dict[str, str] = {}
     for s in steps:
-        block = s.get("requests", {}).get("error_examples", {})
-        for kind, detail in block.items() if isinstance(block, Mapping) else ():
-            examples.setdefault(str(kind), str(detail))
+        for kind, detail in s.requests.error_examples.items():
+            examples.setdefault(kind, detail)
     if examples:
         note += " First failure of each kind: " + "; ".join(
             f"{kind}: {detail or '(no detail)'}" for kind, detail in examples.items()
@@ -251,38 +235,35 @@ def _status_table(summary: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]
     return Table("Requests by status and error", headers, rows, note)
 
 
-def _server_view_table(view: Any) -> Table | None:
+def _section(step: StepSummary, section: str) -> Mapping[str, int]:
+    return step.requests.by_status if section == "by_status" else step.requests.by_error
+
+
+def _server_view_table(view: ServerView | None) -> Table | None:
     """The client's means beside the server's own /metrics for the same run."""
-    if not isinstance(view, Mapping):
+    if view is None:
         return None
-    server, client = view.get("server") or {}, view.get("client") or {}
-    gap = view.get("client_minus_server_ms") or {}
+    server, client = view.server, view.client
     rows = [
-        ["requests finished ok", fmt(client.get("requests")), fmt(server.get("requests")), "-"],
+        ["requests finished ok", fmt(client.requests), fmt(server.requests), "-"],
         [
             "TTFT mean (ms)",
-            fmt(client.get("ttft_mean_ms")),
-            fmt(server.get("ttft_mean_ms")),
-            fmt(gap.get("ttft_mean_ms")),
+            fmt(client.ttft_mean_ms),
+            fmt(server.ttft_mean_ms),
+            fmt(view.ttft_gap_ms),
         ],
-        [
-            "E2E mean (ms)",
-            fmt(client.get("e2e_mean_ms")),
-            fmt(server.get("e2e_mean_ms")),
-            fmt(gap.get("e2e_mean_ms")),
-        ],
-        ["queue time mean (ms)", "-", fmt(server.get("queue_mean_ms")), "-"],
-        ["output tokens", fmt(client.get("output_tokens")), fmt(server.get("output_tokens")), "-"],
-        ["prompt tokens", fmt(client.get("prompt_tokens")), fmt(server.get("prompt_tokens")), "-"],
+        ["E2E mean (ms)", fmt(client.e2e_mean_ms), fmt(server.e2e_mean_ms), fmt(view.e2e_gap_ms)],
+        ["queue time mean (ms)", "-", fmt(server.queue_mean_ms), "-"],
+        ["output tokens", fmt(client.output_tokens), fmt(server.output_tokens), "-"],
+        ["prompt tokens", fmt(client.prompt_tokens), fmt(server.prompt_tokens), "-"],
     ]
     note = (
         "The whole run, warmup included: the client's records beside the increase of the "
         "server's own /metrics histograms and counters over the run. The difference is what "
         "the network, HTTP and the client add."
     )
-    notes = [str(n) for n in view.get("notes") or []]
-    if notes:
-        note += " " + " ".join(n[0].upper() + n[1:] + "." for n in notes)
+    if view.notes:
+        note += " " + " ".join(n[0].upper() + n[1:] + "." for n in view.notes)
     headers = ["figure", "client (records)", "server (/metrics)", "client - server"]
     return Table("Client against the server's own metrics", headers, rows, note)
 
@@ -392,47 +373,45 @@ def _memory_label(telemetry: pd.DataFrame, meta: Mapping[str, Any]) -> str | Non
 
 
 def _facts(
-    summary: Mapping[str, Any],
-    config: Mapping[str, Any],
+    summary: RunSummary,
+    config: RunConfig,
     requests: pd.DataFrame,
     start: float | None,
     meta: Mapping[str, Any],
 ) -> list[tuple[str, str]]:
     facts: list[tuple[str, str]] = []
-    if summary.get("run_id"):
-        facts.append(("run", str(summary["run_id"])))
-    target = config.get("url") or meta.get("target_url")
-    if config.get("launch") is not None:
-        serve = " ".join(config["launch"])
+    if summary.run_id:
+        facts.append(("run", summary.run_id))
+    target = config.url or meta.get("target_url")
+    if config.launch is not None:
+        serve = " ".join(config.launch)
         target = f"{target or 'reference server'} (launched: capplan serve {serve})"
     facts.append(("target", str(target or "-")))
-    facts.append(("engine", str(summary.get("engine", "-"))))
-    facts.append(("endpoint", f"{config.get('endpoint', '-')}, stream={config.get('stream', '-')}"))
-    steps = config.get("steps") or []
-    facts.append(("load", f"{config.get('load_model', '-')}: {', '.join(map(str, steps)) or '-'}"))
+    facts.append(("engine", summary.engine or "-"))
+    stream = "-" if config.stream is None else config.stream
+    facts.append(("endpoint", f"{config.endpoint or '-'}, stream={stream}"))
+    steps = ", ".join(config.step_labels) or "-"
+    facts.append(("load", f"{config.load_model or '-'}: {steps}"))
     if start is not None:
         when = datetime.fromtimestamp(start, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         facts.append(("started", when))
     if not requests.empty:
         facts.append(("duration", f"{float(requests['end'].max()) - (start or 0):.1f} s"))
         facts.append(("requests recorded", f"{len(requests):,}"))
-    if summary.get("interrupted"):
+    if summary.interrupted:
         facts.append(("interrupted", "yes: figures cover what finished"))
     return facts
 
 
-def _notes(steps: Sequence[Mapping[str, Any]]) -> list[str]:
+def _notes(steps: Sequence[StepSummary]) -> list[str]:
     notes: list[str] = []
     for s in steps:
-        for note in s.get("notes", []) or []:
-            label = s.get("step")
-            notes.append(f"{label}: {note}" if label and len(steps) > 1 else str(note))
+        for note in s.notes:
+            notes.append(f"{s.step}: {note}" if s.step and len(steps) > 1 else note)
     return list(dict.fromkeys(notes))
 
 
-def _environment(env: Any) -> list[tuple[str, str]]:
-    if not isinstance(env, Mapping):
-        return []
+def _environment(env: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = []
     for key, value in env.items():
         if key == "gpus":

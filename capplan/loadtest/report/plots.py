@@ -6,9 +6,7 @@ figure out instead of drawing an empty frame.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,31 +14,29 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from capplan.figures import COLORS, new_figure, png_bytes, tidy
+from capplan.loadtest.summary_model import StepSummary
 
 PERCENTILE_STYLE = {"p50": ("-", "o"), "p90": ("--", "s"), "p99": (":", "^")}
-_STEP = re.compile(r"^(?P<kind>[a-z_]+)=(?P<value>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)$")
 
 
-def step_axis(labels: Sequence[str]) -> tuple[str, list[float]] | None:
-    """`["concurrency=1", "concurrency=8"]` -> ("concurrency", [1, 8]); None if not numeric."""
-    kinds, values = set(), []
-    for label in labels:
-        match = _STEP.match(label)
-        if match is None:
-            return None
-        kinds.add(match["kind"])
-        values.append(float(match["value"]))
-    if len(kinds) != 1:
+def step_axis(steps: Sequence[StepSummary]) -> tuple[str, list[float]] | None:
+    """The ladder's x axis from each step's numeric load: ("concurrency", [1, 8]) for a closed
+    loop, ("rate", [0.5, 2]) for an open one; None when a load is unknown, a ramp, or mixed."""
+    loads = [s.load for s in steps if s.load is not None]
+    kinds = {load.kind for load in loads}
+    if len(loads) != len(steps) or len(kinds) != 1 or kinds == {"ramp"}:
         return None
-    return kinds.pop(), values
+    if kinds == {"closed"}:
+        return "concurrency", [float(load.concurrency) for load in loads]
+    return "rate", [load.rate for load in loads]
 
 
-def ladder_figure(steps: Sequence[Mapping[str, Any]]) -> bytes | None:
+def ladder_figure(steps: Sequence[StepSummary]) -> bytes | None:
     """Latency percentiles and throughput against the ladder's concurrency (or rate)."""
     if len(steps) < 2:
         return None
-    labels = [str(s.get("step", i)) for i, s in enumerate(steps)]
-    axis = step_axis(labels)
+    labels = [s.step or str(i) for i, s in enumerate(steps)]
+    axis = step_axis(steps)
     if axis is not None:
         xlabel, x = axis
     else:
@@ -50,23 +46,23 @@ def ladder_figure(steps: Sequence[Mapping[str, Any]]) -> bytes | None:
     panels = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("e2e_ms", "E2E latency (ms)"))
     for ax, (key, title) in zip(axes.flat, panels, strict=False):
         for i, (p, (style, marker)) in enumerate(PERCENTILE_STYLE.items()):
-            y = [_get(s, key, p) for s in steps]
+            y = [_stat(s, key, p) for s in steps]
             ax.plot(x, y, linestyle=style, marker=marker, color=COLORS[i], label=p)
         ax.set_title(title, loc="left", fontsize=11)
         ax.set_ylim(bottom=0)
-    if any(isinstance(s.get("latency_ms"), Mapping) for s in steps):
+    if any(s.open_loop for s in steps):
         # Open loop: latency from the intended start includes time spent waiting to be sent.
         ax = axes[1][0]
-        y = [_get(s, "latency_ms", "p99") for s in steps]
+        y = [_stat(s, "latency_ms", "p99") for s in steps]
         ax.plot(x, y, color="#555", linestyle="-.", marker="v", label="p99 from intended start")
         ax.legend(fontsize=8, frameon=False, loc="upper left")
     handles, names = axes[0][0].get_legend_handles_labels()
     # One legend for the three latency panels, above them: inside, it would sit on some curve.
     fig.legend(handles, names, loc="outside upper center", ncol=3, fontsize=9, frameon=False)
     ax = axes[1][1]
-    tokens = [_get(s, "throughput", "output_tokens_per_s") for s in steps]
-    goodput = [_get(s, "goodput", "requests_per_s") for s in steps]
-    requests = [_get(s, "throughput", "requests_per_s") for s in steps]
+    tokens = [s.throughput.output_tokens_per_s for s in steps]
+    goodput = [s.goodput.requests_per_s for s in steps]
+    requests = [s.throughput.requests_per_s for s in steps]
     ax.plot(x, tokens, marker="o", color=COLORS[2], linewidth=2, label="output tokens/s (left)")
     ax.set_title("Throughput", loc="left", fontsize=11)
     ax.set_ylabel("output tokens/s")
@@ -97,7 +93,7 @@ def ladder_figure(steps: Sequence[Mapping[str, Any]]) -> bytes | None:
     names = {"rate": "arrival rate (requests/s)", "concurrency": "concurrency (closed loop)"}
     for ax in axes[1]:
         ax.set_xlabel(names.get(xlabel, xlabel))
-    errors = [_get(s, "error_rate") or 0.0 for s in steps]
+    errors = [s.error_rate or 0.0 for s in steps]
     if any(errors):
         worst = max(errors)
         ax.annotate(
@@ -171,8 +167,6 @@ def _measured_ok(requests: pd.DataFrame) -> pd.DataFrame:
     return requests[mask]
 
 
-def _get(block: Mapping[str, Any], key: str, sub: str | None = None) -> float | None:
-    value = block.get(key)
-    if sub is not None:
-        value = value.get(sub) if isinstance(value, Mapping) else None
-    return float(value) if isinstance(value, int | float) else None
+def _stat(step: StepSummary, latency: str, stat: str) -> float | None:
+    stats = step.latency(latency)
+    return None if stats is None else stats.value(stat)

@@ -9,6 +9,7 @@ from capplan.loadtest.report.energy import energy_between, joules_per_token
 from capplan.loadtest.report.frame import in_flight, requests_frame, token_times
 from capplan.loadtest.report.plots import step_axis
 from capplan.loadtest.report.timeline import _time_weighted_mean
+from capplan.loadtest.summary_model import RunSummary, StepSummary
 
 
 def _frame(*spans: tuple[float, float]) -> pd.DataFrame:
@@ -64,7 +65,12 @@ def test_energy_outside_the_sampled_span_is_unknown() -> None:
 
 
 def test_ladder_axis_from_step_labels() -> None:
-    assert step_axis(["concurrency=1", "concurrency=16"]) == ("concurrency", [1.0, 16.0])
-    assert step_axis(["rate=0.5", "rate=2"]) == ("rate", [0.5, 2.0])
-    assert step_axis(["ramp=1-10"]) is None
-    assert step_axis(["concurrency=1", "rate=2"]) is None
+    assert step_axis(_steps("concurrency=1", "concurrency=16")) == ("concurrency", [1.0, 16.0])
+    assert step_axis(_steps("rate=0.5", "rate=2")) == ("rate", [0.5, 2.0])
+    assert step_axis(_steps("ramp=1-10")) is None
+    assert step_axis(_steps("concurrency=1", "rate=2")) is None
+
+
+def _steps(*labels: str) -> tuple[StepSummary, ...]:
+    """Steps of an old summary.json (no numeric load): the model reads it from the labels."""
+    return RunSummary.from_dict({"steps": [{"step": label} for label in labels]}).steps
