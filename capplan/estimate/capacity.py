@@ -131,26 +131,14 @@ def _hf_capacity(
     element: int,
     roof: Roofline,
 ) -> Capacity:
-    context = CPU_PROCESS_BYTES if gpu.kind == "cpu" else cuda_context_bytes(gpu, "hf")
-    shape = HfShape(
-        spec=spec,
-        scheme=scheme,
-        weights_bytes=weights.total_bytes,
-        kv_element_bytes=element,
-        prompt_tokens=workload.prompt_tokens,
-        max_tokens=workload.max_tokens,
-        context_bytes=context,
-        tp=workload.tp,
-        # CPU memory has no caching allocator of its own to fragment.
-        alloc_conf="expandable" if gpu.kind == "cpu" else workload.alloc_conf,
-    )
-    fit = hf_budget(
-        shape, total_bytes=gpu.total_bytes, margin_fraction=workload.margin_fraction, at=None
-    )
-    at = workload.concurrency or min(max(1, fit.max_concurrency), roof.compute_bound_batch)
-    hf = hf_budget(
-        shape, total_bytes=gpu.total_bytes, margin_fraction=workload.margin_fraction, at=at
-    )
+    shape = hf_shape(gpu, spec, scheme, workload, weights, element)
+    total, margin = gpu.total_bytes, workload.margin_fraction
+    # Past the compute-bound batch more concurrency buys no throughput: the memory search stops
+    # there (each step of it replays the allocator).
+    limit = roof.compute_bound_batch
+    fit = hf_budget(shape, total_bytes=total, margin_fraction=margin, at=None, limit=limit)
+    at = workload.concurrency or max(1, fit.max_concurrency)
+    hf = hf_budget(shape, total_bytes=total, margin_fraction=margin, at=at, limit=limit)
     largest = min(
         spec.max_positions, max_tokens_in_budget(spec, hf.kv_budget_bytes, element, workload.tp)
     )
@@ -183,6 +171,30 @@ def _hf_capacity(
         memory=memory,
         roofline=roof,
         costs=step_costs("hf", device_kind=gpu.kind),
+    )
+
+
+def hf_shape(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    weights: WeightStorage,
+    element: int,
+) -> HfShape:
+    context = CPU_PROCESS_BYTES if gpu.kind == "cpu" else cuda_context_bytes(gpu, "hf")
+    return HfShape(
+        spec=spec,
+        scheme=scheme,
+        weights_bytes=weights.total_bytes,
+        kv_element_bytes=element,
+        prompt_tokens=workload.prompt_tokens,
+        max_tokens=workload.max_tokens,
+        context_bytes=context,
+        tp=workload.tp,
+        # CPU memory has no caching allocator of its own to fragment.
+        alloc_conf="none" if gpu.kind == "cpu" else workload.alloc_conf,
+        logits_processors=workload.logits_processors,
     )
 
 
@@ -271,6 +283,12 @@ def max_tokens_for_concurrency(
 
     def fits(max_tokens: int) -> bool:
         trial = replace(workload, max_tokens=max_tokens, concurrency=None)
+        if trial.runtime == "hf":  # one replay at the target, not a search
+            element = kv_dtype_bytes(trial.kv_dtype)
+            weights = weight_storage(spec, scheme, tp=trial.tp)
+            shape = hf_shape(gpu, spec, scheme, trial, weights, element)
+            margin = int(gpu.total_bytes * trial.margin_fraction)
+            return shape.peak(target).peak_bytes + margin <= gpu.total_bytes
         return capacity(gpu, spec, scheme, trial, vllm_options, costs).concurrency >= target
 
     limit = spec.max_positions

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from capplan.estimate.allocator import ALLOC_CONFS, reserved_peak
+from capplan.estimate.allocator import generate_peaks
 from capplan.estimate.architecture import ModelSpec
-from capplan.estimate.kv_cache import kv_bytes_for_context, kv_bytes_per_token
+from capplan.estimate.generate_trace import DecoderShape
+from capplan.estimate.kv_cache import kv_bytes_for_context, kv_bytes_per_token, kv_heads_per_rank
 from capplan.estimate.quantization import QuantScheme
 
 MIB = 1024**2
@@ -67,7 +68,12 @@ class HfPeak:
 
 @dataclass(frozen=True)
 class HfShape:
-    """One workload on one model, reduced to the sizes the peaks need."""
+    """One workload on one model, reduced to the sizes the peaks need.
+
+    `alloc_conf` is the caching allocator's configuration ("default", "expandable"), or "none"
+    on a CPU (no caching allocator: what is allocated is what the process holds).
+    `logits_processors`: 2 when generate() gets min_new_tokens (the H200 measurement), else 0.
+    """
 
     spec: ModelSpec
     scheme: QuantScheme
@@ -78,8 +84,10 @@ class HfShape:
     context_bytes: int
     tp: int = 1
     alloc_conf: str = "default"
+    logits_processors: int = 0
 
-    def peak(self, concurrency: int) -> HfPeak:
+    def allocated(self, concurrency: int) -> tuple[int, int, int, str]:
+        """(allocated peak, KV at the peak, activations at the peak, phase) at `concurrency`."""
         c = max(1, concurrency)
         p, m = self.prompt_tokens, self.max_tokens
         spec, tp, element = self.spec, self.tp, self.kv_element_bytes
@@ -91,42 +99,70 @@ class HfShape:
         cat_copy = c * (p + m) * kv_bytes_for_context(spec, 1, element, tp) // (2 * spec.layers)
         prefill = kv_prompt + prefill_act + logits
         decode = kv_full + cat_copy + logits if m > 0 else 0
-        act, phase = (
-            (prefill - kv_prompt, "prefill")
-            if prefill >= decode
-            else (decode - kv_full, "decode end")
-        )
-        allocated = self.weights_bytes + max(prefill, decode)
-        reserved = reserved_peak(
-            alloc_conf=self.alloc_conf,
-            allocated_peak=allocated,
-            weights_bytes=self.weights_bytes,
-            kv_tensor_step_bytes=c * kv_bytes_per_token(spec, element, tp) // (2 * spec.layers),
-            kv_tensor_prompt_bytes=kv_prompt // (2 * spec.layers),
-            kv_tensors=2 * spec.layers,
-            decode_steps=m,
-            prefill_activation_bytes=prefill_act,
-        )
+        if prefill >= decode:
+            return self.weights_bytes + prefill, kv_prompt, prefill - kv_prompt, "prefill"
+        return self.weights_bytes + decode, kv_full, decode - kv_full, "decode end"
+
+    def peak(self, concurrency: int) -> HfPeak:
+        c = max(1, concurrency)
+        allocated, kv, activations, phase = self.allocated(c)
+        reserved = allocated + self.cache_bytes(c)
         return HfPeak(
             concurrency=c,
-            kv_bytes=kv_full if phase == "decode end" else kv_prompt,
-            activation_bytes=act,
+            kv_bytes=kv,
+            activation_bytes=activations,
             phase=phase,
             allocated_peak_bytes=allocated,
             reserved_peak_bytes=reserved,
             peak_bytes=self.context_bytes + reserved,
         )
 
+    def cache_bytes(self, concurrency: int) -> int:
+        """What the caching allocator reserves beyond what is allocated, at its peak: replayed
+        from generate()'s allocations on the allocator's rules (`allocator.generate_peaks`)."""
+        if self.alloc_conf == "none":
+            return 0
+        spec, tp = self.spec, self.tp
+        shape = DecoderShape(
+            layers=spec.layers,
+            hidden=spec.hidden,
+            intermediate=spec.intermediate // tp,
+            heads=max(1, spec.heads // tp),
+            kv_heads=kv_heads_per_rank(spec, tp),
+            head_dim=spec.head_dim,
+            vocab=spec.vocab,
+            qk_norm=spec.qk_norm,
+            elem=4 if self.scheme.name == "fp32" else 2,
+        )
+        peaks = generate_peaks(
+            shape,
+            concurrency,
+            self.prompt_tokens,
+            self.max_tokens,
+            tied=spec.tied_embeddings,
+            logits_processors=self.logits_processors,
+            alloc_conf=self.alloc_conf,
+        )
+        return max(0, peaks.reserved - peaks.allocated)
 
-def largest_fitting(fits: Callable[[int], bool]) -> int:
-    """The largest c >= 1 with `fits(c)` (monotone), or 0 when not even one fits."""
-    if not fits(1):
-        return 0
-    low, high = 1, 2
-    while high < MAX_SEARCH and fits(high):
-        low, high = high, high * 2
-    if high >= MAX_SEARCH and fits(MAX_SEARCH):
-        return MAX_SEARCH
+
+def largest_fitting(fits: Callable[[int], bool], highest: int | None = None) -> int:
+    """The largest c >= 1 with `fits(c)` (monotone), or 0 when not even one fits; with
+    `highest`, searched by bisection below it (each `fits` may be a replay: few calls)."""
+    if highest is None:
+        if not fits(1):
+            return 0
+        low, high = 1, 2
+        while high < MAX_SEARCH and fits(high):
+            low, high = high, high * 2
+        if high >= MAX_SEARCH:
+            return MAX_SEARCH
+    else:
+        if highest < 1 or not fits(1):
+            return 0
+        if fits(highest):
+            return highest
+        low, high = 1, highest
     while high - low > 1:
         mid = (low + high) // 2
         if fits(mid):
@@ -160,15 +196,22 @@ class HfBudget:
 
 
 def hf_budget(
-    shape: HfShape, *, total_bytes: int, margin_fraction: float, at: int | None
+    shape: HfShape,
+    *,
+    total_bytes: int,
+    margin_fraction: float,
+    at: int | None,
+    limit: int | None = None,
 ) -> HfBudget:
-    """How many requests of `shape` fit in `total_bytes`; the terms at `at` (default: that many)."""
-    if shape.alloc_conf not in ALLOC_CONFS:
-        raise ValueError(shape.alloc_conf)
+    """How many requests of `shape` fit in `total_bytes` (searched no higher than `limit`); the
+    terms at `at` (default: that many)."""
     margin = int(total_bytes * margin_fraction)
-    best = largest_fitting(lambda c: shape.peak(c).peak_bytes + margin <= total_bytes)
-    oom = largest_fitting(
-        lambda c: shape.context_bytes + shape.peak(c).allocated_peak_bytes <= total_bytes
+    # The allocated peak is cheap (arithmetic); the reserved one a replay. Reserved >= allocated,
+    # so the replays only search below the out-of-memory ceiling.
+    oom = largest_fitting(lambda c: shape.context_bytes + shape.allocated(c)[0] <= total_bytes)
+    best = largest_fitting(
+        lambda c: shape.peak(c).peak_bytes + margin <= total_bytes,
+        highest=oom if limit is None else min(oom, limit),
     )
     chosen = shape.peak(at if at is not None else max(1, best))
     per_request = kv_bytes_for_context(

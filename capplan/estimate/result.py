@@ -38,6 +38,9 @@ class Workload:
     clients: int = 1
     concurrency: int | None = None  # --concurrency N: every term and timing at N requests
     alloc_conf: str = "default"  # hf: PYTORCH_CUDA_ALLOC_CONF (default | expandable)
+    # hf: logits processors/warpers each holding a batch x vocab fp32 copy per step (sampling
+    # with temperature + top-p, or min_new_tokens as in the H200 measurement).
+    logits_processors: int = 2
 
     @property
     def replicas(self) -> int:

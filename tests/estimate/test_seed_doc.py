@@ -35,16 +35,18 @@ def test_seed_figures_in_the_doc_are_what_the_estimate_prints() -> None:
     assert f"{format_bytes(r.gpu.total_bytes)} (what CUDA reports)" in doc
     assert f"| weights | ~7 GB | {format_bytes(m.weights_bytes)}:" in doc
     assert f"{format_bytes(m.kv_per_request_bytes)} KV (1024 tokens" in doc
-    assert f"one {format_bytes(m.activation_bytes)} prefill peak" in doc
+    assert m.peak_phase == "prefill"
+    assert f"a {format_bytes(m.activation_bytes)} prefill peak" in doc
+    zero = seed(margin=0.0).concurrency
     assert (
-        f"{r.zero_margin_concurrency} with zero margin (the ceiling); {r.concurrency} with" in doc
+        f"{r.zero_margin_concurrency} is the out-of-memory ceiling; {zero} fit the device with "
+        f"zero margin; {r.concurrency} with" in doc
     )
     assert f"~{r.timing.request_s_c1:.0f} s for 512 output tokens" in doc
     assert f"~{r.timing.decode_ms_per_token_c1:.0f} ms/token" in doc
+    assert r.timing.decode_bound == "floor" and not r.timing.calibrated
     assert f"a queue of {r.settings.queue_size}" in doc
     assert f"~{round(r.settings.request_timeout_s, -1):.0f} s request timeout" in doc
-    two = seed(target_concurrency=2).target_max_tokens
-    assert f"(2 with max_tokens <= {two})" in doc
     assert seed(target_concurrency=3).target_max_tokens is None
     assert f"up to {seed(target_concurrency=3, margin=0.0).target_max_tokens} output" in doc
     awq = seed("qwen3-8b-awq")
