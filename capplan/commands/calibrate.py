@@ -22,7 +22,9 @@ def calibrate(
     gpu: str = typer.Option("auto", help="Catalog GPU id, 'auto' (NVML) or 'cpu'."),
     url: str | None = typer.Option(None, help="Measure this OpenAI-compatible server."),
     from_run: Path | None = typer.Option(
-        None, "--from", help="Fit a finished run's records instead of measuring."
+        None,
+        "--from",
+        help="Fit a finished run's records (or a calibrate run folder) instead of measuring.",
     ),
     runtime: str = typer.Option("hf", help="The runtime the server uses: hf or vllm."),
     prompt_tokens: str = typer.Option("16,256", help="Prompt lengths measured alone."),
@@ -63,9 +65,9 @@ def calibrate(
     step = step_model_from_options(EstimateOptions(model=model, gpu=gpu, runtime=runtime))
     command = f"capplan calibrate --model {model} --gpu {gpu} --runtime {runtime}"
     if from_run is not None:
-        from capplan.regression.runs import load_run
+        from capplan.planning.calibrate import read_runs
 
-        records = load_run(from_run, with_records=True).records or []
+        records = read_runs(from_run)
         command += f" --from {from_run}"
     else:
         prompts = parse_int_list(prompt_tokens, option="--prompt-tokens")

@@ -34,6 +34,7 @@ class StepCosts:
     overhead_ms: float
     calibrated: bool
     basis: str  # one line: the calibration file, or the defaults and where they were measured
+    largest_batch: int | None = None  # calibrated: the largest batch measured (no extrapolation)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,12 @@ class CalibrationProfile:
     def floor_ms(self) -> float:
         """The floor of the measured model (per layer x its layers)."""
         return self.floor_ms_per_layer * self.layers
+
+    @property
+    def largest_batch(self) -> int | None:
+        """The largest batch a point measured: past it the step time is extrapolated."""
+        batches = [round(float(p["batch"])) for p in self.points if "batch" in p]
+        return max(batches) if batches else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -146,6 +153,7 @@ def step_costs(
             calibrated=True,
             basis=f"calibrated: {calibration.path or 'profile'} (measured {where}, "
             f"{calibration.created_at or 'undated'}; fitted: {fitted})",
+            largest_batch=calibration.largest_batch,
         )
     cpu = device_kind == "cpu"
     floor = entry.cpu_floor_ms_per_layer if cpu else entry.gpu_floor_ms_per_layer

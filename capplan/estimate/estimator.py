@@ -267,8 +267,13 @@ def _verdict(cap: Capacity, w: Workload) -> str:
             f"{shape} needs {format_bytes(m.kv_per_request_bytes)}."
         )
     recommended, bound = recommended_concurrency(cap)
-    if recommended < cap.concurrency:
-        why = f"bounded by {bound.split(':')[0]}; {cap.concurrency} fit in memory"
+    if bound.startswith("compute"):
+        why = (
+            f"bounded by compute: more adds latency, not throughput; out-of-memory past "
+            f"{cap.zero_margin_concurrency}"
+        )
+    elif bound.startswith("calibration"):
+        why = f"bounded by the calibration's largest measured batch; {bound.split(';')[-1].strip()}"
     elif cap.vllm is not None:
         why = f"inside vLLM's gpu_memory_utilization {cap.vllm.gpu_memory_utilization}"
     else:

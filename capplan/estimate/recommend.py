@@ -32,10 +32,17 @@ def recommended_concurrency(cap: Capacity) -> tuple[int, str]:
     fit, compute = cap.concurrency, cap.roofline.compute_bound_batch
     if fit < 1:
         return 0, "memory: not one request fits"
-    if compute < fit:
+    measured = cap.costs.largest_batch
+    if measured is not None and measured < min(fit, compute):
+        return measured, (
+            f"calibration: measured up to batch {measured}, and the step time past it would be "
+            f"extrapolated (memory holds at least {fit}); calibrate with a larger --concurrency "
+            "to plan higher"
+        )
+    if compute <= fit:
         return compute, (
-            f"compute: past {compute} requests a decode step is compute bound, so more adds "
-            f"latency but no throughput ({fit} would fit in memory)"
+            f"compute: past {compute} requests the per-sequence costs outweigh the fixed ones, "
+            f"so more adds latency faster than throughput (memory holds at least {fit})"
         )
     if cap.hf is not None and cap.hf.alloc_conf == "default":
         oom = cap.zero_margin_concurrency

@@ -15,7 +15,7 @@ from capplan.settings import ServerSettings
 
 # Bump the minor version for added fields, the major one for renamed or removed fields.
 # Documented in docs/estimate-schema.md.
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_MAX_TOKENS = 512

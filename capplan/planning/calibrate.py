@@ -57,7 +57,7 @@ class MeasuredPoint:
     batch: float  # median requests in flight while each decoded
     prompt_tokens: float
     output_tokens: float
-    step_ms: float  # median time per output token
+    step_ms: float  # median gap between output chunks (robust to a preempted request)
     ttft_ms: float  # median time to first token
 
 
@@ -73,6 +73,12 @@ def measured_points(records: Iterable[RequestRecord]) -> list[MeasuredPoint]:
         if len(group) < MIN_REQUESTS_PER_POINT:
             continue
         metrics = [request_metrics(r) for r in group]
+        # The median gap over every chunk of every request: one request slowed by a busy host
+        # moves a median of per-request means far more than a median of all gaps.
+        gaps = [
+            gap for r, m in zip(group, metrics, strict=True) for gap in _token_gaps(r, m.itl_ms)
+        ]
+        tpots = [m.tpot_ms for m in metrics if m.tpot_ms is not None]
         points.append(
             MeasuredPoint(
                 label=label,
@@ -80,11 +86,19 @@ def measured_points(records: Iterable[RequestRecord]) -> list[MeasuredPoint]:
                 batch=statistics.median(_in_flight(r, group) for r in group),
                 prompt_tokens=statistics.median(r.prompt_tokens or 0 for r in group),
                 output_tokens=statistics.median(r.output_tokens for r in group),
-                step_ms=statistics.median(m.tpot_ms for m in metrics if m.tpot_ms is not None),
+                step_ms=statistics.median(gaps) if gaps else statistics.median(tpots),
                 ttft_ms=statistics.median(m.ttft_ms for m in metrics if m.ttft_ms is not None),
             )
         )
     return sorted(points, key=lambda p: (p.batch, p.prompt_tokens))
+
+
+def _token_gaps(record: RequestRecord, itl_ms: list[float]) -> list[float]:
+    """Each gap between content chunks, per token the later chunk carried."""
+    tokens = record.chunk_tokens[1:] if len(record.chunk_tokens) == len(itl_ms) + 1 else []
+    if not tokens:
+        return list(itl_ms)
+    return [gap / max(1, n) for gap, n in zip(itl_ms, tokens, strict=True)]
 
 
 def _in_flight(record: RequestRecord, group: Sequence[RequestRecord]) -> int:
@@ -165,5 +179,23 @@ def run_ladder(
     for point in points:
         for record in run_point(point, out_dir / point.label):
             record.step = point.label
+            records.append(record)
+    return records
+
+
+def read_runs(folder: Path) -> list[RequestRecord]:
+    """A load-test run's records (its steps are the points), or a calibrate run folder's (each
+    sub-run one point, labelled by its folder)."""
+    from capplan.loadtest.record import read_records
+
+    if (folder / "requests.jsonl").is_file():
+        return read_records(folder / "requests.jsonl")
+    runs = sorted(p.parent for p in folder.glob("*/requests.jsonl"))
+    if not runs:
+        raise InputError(f"no requests.jsonl in '{folder}' or its folders; give a run folder")
+    records = []
+    for run in runs:
+        for record in read_records(run / "requests.jsonl"):
+            record.step = run.name
             records.append(record)
     return records

@@ -4,7 +4,8 @@ overhead) to measurements.
 A decode step over b sequences takes max(floor + b x host per sequence, memory / bandwidth
 efficiency, compute / compute efficiency); a request's first token takes the overhead plus one
 prefill, max(floor + host, one read of the weights, compute). The fit searches a coarse grid of the
-four step parameters for the smallest squared log error over every point, refines it around the
+four step parameters for the smallest absolute log error over every point (robust to a point a
+busy host slowed), refines it around the
 best, and takes the overhead from the first-token points. It then says which parameters the
 points constrained: a term that sets no point's time is only bounded by the measurements and
 keeps the default where the default respects that bound.
@@ -44,6 +45,7 @@ class Fit:
     overhead_ms: float
     measured: tuple[str, ...]
     rms_error: float  # relative (exp of the rms log error, minus 1)
+    median_error: float  # relative (exp of the median absolute log error, minus 1)
     predicted_decode: tuple[float, ...]
     predicted_ttft: tuple[float, ...]
 
@@ -73,11 +75,13 @@ class _Terms:
         return np.maximum(np.maximum(f + h, self.base / b), self.p_comp / c)
 
     def loss(self, f: np.ndarray, h: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-        total = ((np.log(self.decode_pred(f, h, b, c)) - self.obs) ** 2).sum(axis=-1)
+        # Absolute log errors: one point slowed by a busy host moves the fit far less than it
+        # would under squares.
+        total = np.abs(np.log(self.decode_pred(f, h, b, c)) - self.obs).sum(axis=-1)
         if self.p_obs.size:
             pred = self.prefill_pred(f, h, b, c)
             overhead = np.clip(np.median(self.p_obs - pred, axis=-1), 0.0, None)[..., None]
-            total = total + ((np.log(pred + overhead) - np.log(self.p_obs)) ** 2).sum(axis=-1)
+            total = total + np.abs(np.log(pred + overhead) - np.log(self.p_obs)).sum(axis=-1)
         return total
 
 
@@ -170,6 +174,7 @@ def fit(
         overhead_ms=overhead,
         measured=tuple(measured),
         rms_error=math.expm1(float(np.sqrt(np.mean(errors**2)))),
+        median_error=math.expm1(float(np.median(np.abs(errors)))),
         predicted_decode=tuple(float(x) for x in d_fit),
         predicted_ttft=tuple(float(x) for x in p_fit),
     )
