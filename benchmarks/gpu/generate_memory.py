@@ -49,15 +49,14 @@ def estimate_at(args: argparse.Namespace, batch: int | None) -> EstimateResult:
 
 
 def plan_batches(args: argparse.Namespace) -> list[int]:
-    """The recommended concurrency, then evenly up to 10% past the out-of-memory ceiling."""
+    """The recommended concurrency times each factor, no further than 10% past the estimated
+    out-of-memory ceiling (where the device is full but allocation still fits lies between)."""
     if args.batches:
         return [int(b) for b in args.batches.split(",")]
     recommended = estimate_at(args, None)
     low, ceiling = max(1, recommended.concurrency), recommended.zero_margin_concurrency
-    high = max(low + 1, int(ceiling * 1.1))
-    steps = max(2, args.points)
-    found = sorted({low + (high - low) * i // (steps - 1) for i in range(steps)})
-    return found
+    factors = [float(f) for f in args.factors.split(",")]
+    return sorted({min(int(low * f), int(ceiling * 1.1)) for f in factors})
 
 
 def build_model(args: argparse.Namespace, device: str) -> tuple[Any, int]:
@@ -213,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=256)
     parser.add_argument("--batches", default="", help="B1,B2,...; default: from the estimate")
-    parser.add_argument("--points", type=int, default=4, help="batches when planned")
+    parser.add_argument(
+        "--factors", default="1,1.5,2,3", help="planned batches: the recommendation times these"
+    )
     parser.add_argument("--alloc-conf", choices=("default", "expandable"), default="default")
     parser.add_argument("--stop-on-error", action="store_true")
     parser.add_argument("--out", required=True)

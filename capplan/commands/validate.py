@@ -76,6 +76,12 @@ def validate(
             f"no request succeeded in '{run}' (by status: {counts.by_status}); "
             "check that the workload fits (capplan estimate) and the server is up"
         )
+    # The server's own prompt count: a chat template lengthens every prompt, and the estimate
+    # must price what the model really prefilled.
+    served = _served_prompt_tokens(summary)
+    if served is not None and served != shape.prompt_tokens:
+        shape = WorkloadShape(served, shape.output_tokens, shape.concurrency)
+        timing, estimated = _estimate(gpu, model, shape, runtime, calibration)
     estimate = estimated_figures(
         timing,
         shape,
@@ -88,7 +94,13 @@ def validate(
         telemetry_csv=run / "telemetry.csv",
     )
     mode = "emulated backend" if emulated else "measured server"
-    subject = f"{model} on {gpu}, {prompt_tokens}+{max_tokens} tokens x {concurrency} ({mode})"
+    served_note = (
+        f" ({shape.prompt_tokens} as served)" if shape.prompt_tokens != prompt_tokens else ""
+    )
+    subject = (
+        f"{model} on {gpu}, {prompt_tokens}{served_note}+{max_tokens} tokens x {concurrency} "
+        f"({mode})"
+    )
     notes = {"safe_concurrency": f"recommended: {estimated.concurrency}"}
     basis = "calibrated" if timing.calibrated else "uncalibrated (capplan calibrate measures it)"
     for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
@@ -101,6 +113,16 @@ def validate(
         json_out.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     if not result.agrees:
         raise typer.Exit(1)
+
+
+def _served_prompt_tokens(summary: Any) -> int | None:
+    """Prompt tokens per request as the server counted them (after any chat template), when it
+    reported them for every successful request."""
+    whole = summary.whole
+    tokens, ok = whole.tokens, whole.requests.ok
+    if not ok or tokens.prompt_total is None or set(tokens.prompt_source) != {"server"}:
+        return None
+    return round(tokens.prompt_total / ok)
 
 
 def _check_same_workload(config: RunConfig, shape: Any, run: Path) -> None:

@@ -1,0 +1,38 @@
+"""The GPU run's script works before a GPU is lent: the same steps on this CPU, tiny shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_check_on_a_cpu_and_keeps_its_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "GPU_SMOKE": "cpu",
+        "SKIP_LOOP": "1",
+        "OUT": str(out),
+        "PY": sys.executable,
+    }
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu/run.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    default = json.loads((out / "generate_default.json").read_text())
+    assert [row["batch"] for row in default["rows"]] == [1, 4]
+    for row in default["rows"]:
+        assert "error" not in row and row["decode_ms_per_step"] > 0
+        assert row["estimate"]["allocated_peak_bytes"] > 0
+    expandable = json.loads((out / "generate_expandable.json").read_text())
+    assert expandable["alloc_conf"] == "expandable_segments:True"
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back
