@@ -1,8 +1,10 @@
 """Per-client rate limits through the `limits` library.
 
-Windows like `10/minute;100/hour`, keyed by API key (bearer token) or client IP. The counters
-live in a `limits` storage named by URI: `memory://` is per process (so per gunicorn worker);
-`redis://host:6379` (or memcached, mongodb) shares them across workers and hosts.
+Windows like `10/minute;100/hour`, keyed by the API key when the server requires one (so only a
+key it accepts), else by the client's address (the peer, or X-Forwarded-For only from the proxies
+`--forwarded-allow-ips` names). The counters live in a `limits` storage named by URI:
+`memory://` is per process (so per gunicorn worker); `redis://host:6379` (or memcached, mongodb)
+shares them across workers and hosts.
 """
 
 from __future__ import annotations
@@ -97,10 +99,10 @@ class RateLimiter:
         return RateDecision(True)
 
 
-def client_key(authorization: str | None, client_host: str | None) -> str:
-    """Bearer token (hashed: never stored in clear) if given, else the client's IP."""
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-        if token:
-            return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+def client_key(accepted_api_key: str | None, client_host: str | None) -> str:
+    """The API key the server accepted for this request (hashed: never stored in clear), else
+    the client's address. A bearer token the server did not check is no identity: keyed on it,
+    a client would get a fresh window with every random token it sends."""
+    if accepted_api_key:
+        return "key:" + hashlib.sha256(accepted_api_key.encode()).hexdigest()[:16]
     return "ip:" + (client_host or "unknown")
