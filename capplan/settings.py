@@ -48,7 +48,8 @@ class ServerSettings:
     )  # fmt: skip
     # connections (per process)
     max_connections: int | None = _setting(
-        None, "Open connections per process, 503 beyond; default: the open-file limit - 64."
+        None, "Open connections per process, 503 beyond; default: what the open-file limit "
+        "allows (less 64 and the listen backlog)."
     )
     header_timeout_s: float = _setting(
         10.0, "Longest wait for a request's headers (408 and close beyond).", unit="s"

@@ -16,6 +16,7 @@ from reference_server.serving import (
     DRAIN_INCOMPLETE_EXIT,
     DrainingServer,
     configure,
+    report_drain_cut,
     shutdown_timeout_s,
 )
 
@@ -41,6 +42,7 @@ class Worker(UvicornWorker):  # type: ignore[misc]
 
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         if server.drain_incomplete():
+            report_drain_cut()
             sys.exit(DRAIN_INCOMPLETE_EXIT)
 
     async def callback_notify(self) -> None:

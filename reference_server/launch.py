@@ -2,9 +2,9 @@
 
 SIGTERM: uvicorn stops accepting connections at once, /ready turns 503, in-flight requests
 (queued ones included) finish within `drain_timeout_s`; what is left then is cut with an error
-(reference_server/serving.py) and the process exits with status 3 instead of 0. Under gunicorn
-the master forwards SIGTERM to each worker, each drains alike (a worker that cut requests exits
-3), and gunicorn kills any left after `graceful_timeout` (the drain plus a grace).
+(reference_server/serving.py) and the process exits with status 75 instead of 0. Under gunicorn
+the master forwards SIGTERM to each worker, each drains alike, gunicorn kills any left after
+`graceful_timeout` (the drain plus a grace), and the master exits 75 if any worker cut requests.
 """
 
 from __future__ import annotations
@@ -173,8 +173,16 @@ def run_gunicorn(config: ServerSettings, on_listening: Callable[[str], None]) ->
         def load(self) -> Any:
             return app_from_environment()
 
+    from reference_server import serving
+
+    serving.share_drain_flag()
     try:
         Application().run()
+    except SystemExit as exit_:
+        # gunicorn's master exits 0 however its workers' drains went; say so when one cut.
+        if exit_.code in (0, None) and serving.drain_was_cut():
+            raise SystemExit(serving.DRAIN_INCOMPLETE_EXIT) from None
+        raise
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)

@@ -91,12 +91,19 @@ class RateLimiter:
         # Test every window before counting, so a refused request uses up none of them.
         for item in self.items:
             if not await limiter.test(item, "capplan", client_key):
-                stats = await limiter.get_window_stats(item, "capplan", client_key)
-                wait = max(1, math.ceil(stats.reset_time - time.time()))
-                return RateDecision(False, wait, str(item))
+                return await self._refused(limiter, item, client_key)
         for item in self.items:
-            await limiter.hit(item, "capplan", client_key)
+            # hit() checks again as it counts: a concurrent request (on a shared store) may
+            # have taken the last place since test().
+            if not await limiter.hit(item, "capplan", client_key):
+                return await self._refused(limiter, item, client_key)
         return RateDecision(True)
+
+    @staticmethod
+    async def _refused(limiter: Any, item: Any, client_key: str) -> RateDecision:
+        stats = await limiter.get_window_stats(item, "capplan", client_key)
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        return RateDecision(False, wait, str(item))
 
 
 def client_key(accepted_api_key: str | None, client_host: str | None) -> str:

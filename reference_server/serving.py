@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import socket
 from types import FrameType
 from typing import Any
@@ -24,7 +25,12 @@ from reference_server.connections import ConnectionGuard, protocol_class
 from reference_server.generation import WRITE_GRACE_S
 
 log = logging.getLogger("reference_server")
-DRAIN_INCOMPLETE_EXIT = 3  # exit status: requests were still running at --drain-timeout
+# Exit status when requests were still running at --drain-timeout: sysexits EX_TEMPFAIL (not
+# 3 or 4, which a gunicorn worker exits with when it cannot boot or load the app).
+DRAIN_INCOMPLETE_EXIT = 75
+# Under gunicorn: one shared byte, mapped by the master before it forks its workers; a worker
+# that cut requests sets it, so the master's own exit status can say so too.
+_drain_cut_flag: mmap.mmap | None = None
 # uvicorn's own deadline for the drain, past ours: cut streams get time to write their error.
 _SHUTDOWN_GRACE_S = WRITE_GRACE_S + 3.0
 
@@ -86,3 +92,20 @@ class DrainingServer(uvicorn.Server):
         """Requests the drain cut (0: it finished in time)."""
         state = _state(self.config.app)
         return int(state.drain_cut) if state is not None else 0
+
+
+def share_drain_flag() -> None:
+    """In the gunicorn master, before the workers fork: the byte they report a cut drain in."""
+    global _drain_cut_flag
+    _drain_cut_flag = mmap.mmap(-1, 1)  # anonymous and shared: forked workers see the same byte
+
+
+def report_drain_cut() -> None:
+    """In a worker whose drain cut requests."""
+    if _drain_cut_flag is not None:
+        _drain_cut_flag[0] = 1
+
+
+def drain_was_cut() -> bool:
+    """In the master, after its workers exited: did any of them cut requests?"""
+    return _drain_cut_flag is not None and _drain_cut_flag[0] == 1
