@@ -97,8 +97,9 @@ class GuardedH11Protocol(H11Protocol):
         hold any). The request already received is read first: closing a socket with unread
         data sends a reset, which can overtake the 503."""
         sock = self.transport.get_extra_info("socket")
-        with contextlib.suppress(OSError):  # BlockingIOError: nothing arrived yet
-            os.read(sock.fileno(), 65536)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # BlockingIOError: nothing arrived yet
+                os.read(sock.fileno(), 65536)
         message = (
             f"server at its limit of {self.guard.max_connections} open connections "
             "(--max-connections); retry shortly"
@@ -150,6 +151,12 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.on_refused("header_timeout")
         message = f"request headers not received within {self.guard.header_timeout_s:g} s"
         self._answer_and_abort(408, "Request Timeout", message, "timeout")
+
+    def send_400_response(self, msg: str) -> None:
+        # h11 could not parse the request (or its headers passed h11's 16 KiB): uvicorn's own
+        # answer is plain text and counted nowhere.
+        self.guard.on_refused("invalid_http")
+        self._answer_and_abort(400, "Bad Request", msg, "invalid_request_error")
 
     # --- answers outside any request --------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Clients that try to hold, bypass or break the server (issue 11), over real HTTP on 127.0.0.1
-against the emulated backend: a stalled reader (2), rate-limit identities (3), invalid text (4)."""
+against the emulated backend: a stalled reader (2), rate-limit identities (3), invalid text (4),
+and the connection limits one by one (5; against a real open-file limit: test_hostile_process)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,59 @@ def test_invalid_text_in_every_string_field_is_refused_never_a_500(
     counters = server.stats()["counters"]
     assert "error" not in counters
     assert counters["invalid"] == sum(1 for _, status, _ in results if status >= 400)
+
+
+# --- 5, in-process: the connection limits one by one ---------------------------------------------
+
+
+def test_headers_not_complete_within_the_header_timeout_get_408_and_close(
+    emulated_server: ServerFactory,
+) -> None:
+    server = emulated_server(header_timeout_s=0.5)
+    partial, idle = connect(server.url), connect(server.url)
+    partial.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # then nothing
+    answer = read_until_closed(partial)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code": 408' in answer and b"headers not received within 0.5 s" in answer
+    assert read_until_closed(idle) == b""  # nothing of a request: closed without an answer
+    assert server.stats()["counters"] == {"header_timeout": 1}
+
+
+def test_a_body_not_complete_within_the_body_timeout_gets_408_and_close(
+    emulated_server: ServerFactory,
+) -> None:
+    server = emulated_server(body_timeout_s=0.5)
+    sock = connect(server.url)
+    head = request_bytes("POST", "/v1/completions", b"x" * 100)[:-100]  # Content-Length: 100
+    sock.sendall(head + b'{"prompt": ')  # and the other 89 bytes never come
+    answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in answer.lower()
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["param"] == "body"
+    assert server.stats()["counters"] == {"body_timeout": 1}
+
+
+def test_connections_over_the_limit_get_a_503_at_once(emulated_server: ServerFactory) -> None:
+    server = emulated_server(max_connections=3)
+    held = [connect(server.url) for _ in range(3)]
+    refused = connect(server.url)
+    refused.sendall(request_bytes("GET", "/health"))
+    answer = read_until_closed(refused)
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"retry-after: 1" in answer and b"open connections" in answer
+    for sock in held:
+        sock.close()
+    stats = server.wait_stats(lambda s: s["connections"]["open"] <= 1)
+    assert stats["counters"] == {"too_many_connections": 1}
+    assert stats["connections"]["max"] == 3
+
+
+def test_unparseable_http_is_a_counted_json_400(emulated_server: ServerFactory) -> None:
+    server = emulated_server()
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000):
+        sock = connect(server.url)
+        sock.sendall(garbage)
+        answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == 400
+    assert server.stats()["counters"] == {"invalid_http": 2}
