@@ -30,11 +30,7 @@ from capplan.settings import ServerSettings
 from reference_server.backend import Backend, GenerationRequest, TokenDelta
 from reference_server.connections import ABORT_EXTENSION
 from reference_server.generation import ApiError, GenerationRun
-from reference_server.openai_schema import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    error_body,
-)
+from reference_server.openai_schema import ChatCompletionRequest, CompletionRequest, error_body
 from reference_server.responses import SSE_DONE, AnswerShape, Kind, sse
 from reference_server.server_state import ServerState
 
@@ -129,7 +125,7 @@ async def _serve(state: ServerState, request: Request, kind: Kind) -> Response:
     except ApiError as err:  # counted by the gate, or by the run's close()
         return state.error_response(err, headers, counted=True)
     except ClientGone:
-        return Response(status_code=499)
+        return Response(status_code=499)  # nobody reads it; uvicorn drops it
     except Exception:  # admit() closed the run as an error
         return _internal_error(state, headers, counted=True)
     if parsed.stream:

@@ -132,7 +132,7 @@ class GenerationRun:
             ) from None
         except Exception as exc:
             if is_out_of_memory(exc):
-                free_cache(self._cuda)
+                free_cache(self._cuda, exc)
                 raise ApiError(
                     503,
                     f"out of memory during generation: {exc}",

@@ -73,10 +73,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
-def free_cache(cuda: Any) -> None:
-    """Give memory back after an allocation failure so the next request has room: unreachable
-    tensors (a failed batch leaves reference cycles) and, on cuda, the allocator's cached blocks."""
-    gc.collect()
+def free_cache(cuda: Any, error: BaseException | None = None) -> None:
+    """Give memory back after an allocation failure so the next request has room: on cuda the
+    allocator's cached blocks, and unreachable tensors (a failed pass leaves reference cycles)
+    unless the backend already freed its own (BackendOutOfMemory: the engine collected them on
+    its thread; the emulated backend holds none), so a run of emulated refusals costs no gc."""
+    if not isinstance(error, BackendOutOfMemory):
+        gc.collect()
     empty = getattr(cuda, "empty_cache", None)
     if callable(empty):
         # A failing cleanup must not turn a 503 into a 500.
