@@ -42,10 +42,29 @@ class ServerSettings:
     workers: int = _setting(1, "gunicorn worker processes.", emit=True)
     threads: int = _setting(1, "gunicorn threads per worker.", emit=True)
     api_key: str | None = _setting(None, "Require Authorization: Bearer <key>.")
+    forwarded_allow_ips: str | None = _setting(
+        None, "Proxies (IPs or networks, comma-separated, or *) whose X-Forwarded-For/-Proto is "
+        "trusted; default: none, the peer address is the client."
+    )  # fmt: skip
+    # connections (per process)
+    max_connections: int | None = _setting(
+        None, "Open connections per process, 503 beyond; default: what the open-file limit "
+        "allows (less 64 and the listen backlog)."
+    )
+    header_timeout_s: float = _setting(
+        10.0, "Longest wait for a request's headers (408 and close beyond).", unit="s"
+    )
+    body_timeout_s: float = _setting(
+        30.0, "Longest wait for a request's body once its headers arrived (408).", unit="s"
+    )
     # admission control
     max_body_bytes: int = _setting(
         4 * 1024 * 1024, "Largest request body (413 beyond).", unit="bytes"
     )
+    max_prompt_chars: int | None = _setting(
+        None, "Longest prompt, refused (400) before tokenizing; default: the context x the "
+        "vocabulary's longest token x 4.", unit="chars",
+    )  # fmt: skip
     max_concurrent: int = _setting(4, "Requests generating at once.", emit=True)
     queue_size: int = _setting(16, "Requests waiting for a slot.", emit=True)
     queue_timeout_s: float = _setting(30.0, "Longest wait in the queue.", unit="s", emit=True)

@@ -40,6 +40,10 @@ class Draining(Rejected):
     reason = "draining"
 
 
+class DrainTimeout(Rejected):
+    reason = "drain_timeout"
+
+
 @dataclass
 class GateStats:
     running: int
@@ -140,6 +144,17 @@ class AdmissionGate:
                 return
         self.running -= 1
         self._changed()
+
+    def refuse_waiters(self, message: str) -> int:
+        """Refuse everyone in the queue (the drain ran out of time); returns how many waited."""
+        refused = 0
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(DrainTimeout(message, retry_after_s=self.retry_after_s()))
+                refused += 1
+        self._changed()
+        return refused
 
 
 class OpenGate(AdmissionGate):

@@ -1,10 +1,12 @@
 """The FastAPI app: OpenAI-compatible endpoints behind admission control.
 
-Checks run cheapest first (reference_server/server_state.py): auth, body size (413), JSON and
-schema (400/422), readiness, max_tokens cap (clamp or 422), context (400), rate limit (429),
-concurrency gate and queue (503 + Retry-After), VRAM guard (503), then generation under the
-request timeout (504). A streamed answer sends its headers with the first token, so every
-failure before it still gets its own status code.
+Checks run cheapest first (reference_server/server_state.py, docs/server.md): declared body size
+(413), API key (401), body read within its size and time (413, 408), JSON and schema (400/422),
+readiness (503), rate limit (429), prompt length (400) and tokenization off the event loop,
+max_tokens cap and context (422/400), concurrency gate and queue (503 + Retry-After), VRAM guard
+(503), then generation under the request timeout (504), which bounds a streamed answer's writes
+too. A streamed answer sends its headers with the first token, so every failure before it still
+gets its own status code; any other exception is a counted JSON 500 that keeps the connection.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from capplan.settings import ServerSettings
 from reference_server.backend import Backend, GenerationRequest, TokenDelta
+from reference_server.connections import ABORT_EXTENSION
 from reference_server.generation import ApiError, GenerationRun
 from reference_server.openai_schema import ChatCompletionRequest, CompletionRequest, error_body
 from reference_server.responses import SSE_DONE, AnswerShape, Kind, sse
@@ -32,7 +36,6 @@ from reference_server.server_state import ServerState
 
 log = logging.getLogger("reference_server")
 T = TypeVar("T")
-_GATE_REASONS = frozenset({"queue_full", "queue_timeout", "draining"})
 
 
 class ClientGone(Exception):
@@ -41,18 +44,30 @@ class ClientGone(Exception):
 
 class _RunStreamingResponse(StreamingResponse):
     """Closes its run however the response ends: if the client leaves before the body iterator
-    ever starts, the iterator's own `finally` never runs and the slot would leak."""
+    ever starts, the iterator's own `finally` never runs and the slot would leak. Its writes are
+    bounded by the run's deadline (plus a grace to write the last events): a client that stops
+    reading would otherwise hold the slot for as long as it keeps the connection open."""
 
     def __init__(self, run: GenerationRun, content: AsyncIterator[bytes], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._run = run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stalled = False
         try:
-            await super().__call__(scope, receive, send)
+            with anyio.CancelScope(deadline=self._run.write_deadline()) as writing:
+                self._run.write_scope = writing
+                await super().__call__(scope, receive, send)
+            stalled = writing.cancelled_caught
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._run.close("client_disconnect")  # no-op when already closed
+            self._run.write_scope = None
+            with anyio.CancelScope(shield=True):  # no-op when already closed
+                await self._run.close("stalled_client" if stalled else "client_disconnect")
+        if stalled:  # the answer cannot be finished: drop the connection it is stuck on
+            log.warning("client stopped reading its stream; connection aborted, slot freed")
+            abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
+            if callable(abort):
+                abort()
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -83,19 +98,14 @@ async def _serve(state: ServerState, request: Request, kind: Kind) -> Response:
     arrival = time.monotonic()
     headers = state.headers()
     try:
-        state.check_auth(request)
-        parsed = state.parse(await state.read_body(request), kind)
-        if not state.ready:
-            raise ApiError(
-                503, state.start_error or "model is loading", reason="not_ready",
-                type_="server_overloaded", retry_after_s=2,
-            )  # fmt: skip
-        prompt_ids = await state.tokenize(parsed)
-        max_tokens, clamp_headers = state.max_tokens(parsed, len(prompt_ids))
-        headers.update(clamp_headers)
-        await state.check_rate(request)
+        parsed, prompt_ids, max_tokens = await _check(state, request, kind, headers)
     except ApiError as err:
         return state.error_response(err, headers)
+    except ClientDisconnect:  # gone while its body was being read
+        state.count("client_disconnect")
+        return Response(status_code=499)
+    except Exception:
+        return _internal_error(state, headers)
 
     prefix = "cmpl-" if kind == "completion" else "chatcmpl-"
     request_id = prefix + uuid.uuid4().hex[:24]
@@ -112,11 +122,12 @@ async def _serve(state: ServerState, request: Request, kind: Kind) -> Response:
     shape = AnswerShape.new(kind, request_id, state.backend.info.model_id)
     try:
         run = await _until_disconnect(request, state.admit(gen, arrival))
-    except ApiError as err:
-        # A refusal at the gate is counted here; a failure after it, by the run's close().
-        return state.error_response(err, headers, counted=err.reason not in _GATE_REASONS)
+    except ApiError as err:  # counted by the gate, or by the run's close()
+        return state.error_response(err, headers, counted=True)
     except ClientGone:
         return Response(status_code=499)  # nobody reads it; uvicorn drops it
+    except Exception:  # admit() closed the run as an error
+        return _internal_error(state, headers, counted=True)
     if parsed.stream:
         return _RunStreamingResponse(
             run,
@@ -132,6 +143,9 @@ async def _serve(state: ServerState, request: Request, kind: Kind) -> Response:
     except ClientGone:
         await run.close("client_disconnect")
         return Response(status_code=499)
+    except Exception:
+        await run.close("error")
+        return _internal_error(state, headers, counted=True)
     except BaseException:
         await run.close("error")
         raise
@@ -141,6 +155,31 @@ async def _serve(state: ServerState, request: Request, kind: Kind) -> Response:
         text, run.finished.finish_reason, run.finished.prompt_tokens, run.finished.completion_tokens
     )
     return JSONResponse(body, headers=headers)
+
+
+async def _check(
+    state: ServerState, request: Request, kind: Kind, headers: dict[str, str]
+) -> tuple[CompletionRequest | ChatCompletionRequest, list[int], int]:
+    """Every check before the gate, cheapest first; raises ApiError on the first that fails."""
+    state.check_declared_size(request)
+    state.check_auth(request)
+    parsed = state.parse(await state.read_body(request), kind)
+    state.check_ready()
+    await state.check_rate(request)
+    prompt_ids = await state.prompts.tokenize(parsed)
+    max_tokens, clamp_headers = state.max_tokens(parsed, len(prompt_ids))
+    headers.update(clamp_headers)
+    return parsed, prompt_ids, max_tokens
+
+
+def _internal_error(
+    state: ServerState, headers: dict[str, str], *, counted: bool = False
+) -> JSONResponse:
+    """A bug, not the client's fault: logged with its traceback, answered as a JSON 500 that
+    /stats and /metrics count as `error`, and the connection stays usable."""
+    log.exception("unexpected error")
+    err = ApiError(500, "internal error", reason="error", type_="server_error")
+    return state.error_response(err, headers, counted=counted)
 
 
 async def _collect(run: GenerationRun) -> str:
@@ -163,7 +202,7 @@ async def _stream(
         while True:
             try:
                 event = await run.next_event()
-            except ApiError as err:
+            except ApiError as err:  # timeout, out of memory, or the drain's deadline
                 outcome = err.reason
                 yield sse(error_body(err.message, type_=err.type_, code=err.status))
                 yield SSE_DONE
@@ -179,9 +218,11 @@ async def _stream(
             yield sse(shape.usage_chunk(finished.prompt_tokens, finished.completion_tokens))
         yield SSE_DONE
         outcome = "ok"
-    except Exception:
+    except Exception:  # headers are out: the error goes in the stream, the connection stays
+        log.exception("unexpected error in a stream")
         outcome = "error"
-        raise
+        yield sse(error_body("internal error", type_="server_error", code=500))
+        yield SSE_DONE
     finally:
         await run.close(outcome)
 
@@ -205,6 +246,7 @@ def create_app(
             state.gate.draining = True
             if not starter.done():
                 starter.cancel()
+            state.close()
             await backend.close()
 
     app = FastAPI(
@@ -215,7 +257,9 @@ def create_app(
     app.state.server = state
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Routes other than the two POSTs (those answer their own errors, in _serve).
         log.exception("unexpected error", exc_info=exc)
+        state.count("error")
         body = error_body("internal error", type_="server_error", code=500)
         return JSONResponse(body, status_code=500)
 

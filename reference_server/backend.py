@@ -54,6 +54,9 @@ class BackendInfo:
     max_context: int
     emulated: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    # The longest token's text, in characters (None: unbounded). A prompt longer than
+    # max_context x this cannot fit, so the server refuses it before tokenizing.
+    max_token_chars: int | None = None
 
 
 @runtime_checkable
@@ -63,7 +66,10 @@ class Backend(Protocol):
     async def start(self) -> None:
         """Load and warm up. `/ready` turns 200 after this returns."""
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`. Called from worker threads, several at once: thread-safe, and
+        ideally releasing the GIL while it works, so the event loop runs meanwhile."""
+        ...
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the chat template applied to `messages`, with the generation prompt."""

@@ -24,6 +24,7 @@ import torch
 
 from reference_server.backend import BackendOutOfMemory, Finished, FinishReason, TokenDelta
 from reference_server.text_stream import TextStream
+from reference_server.vram import is_out_of_memory
 
 logger = logging.getLogger(__name__)
 _MIN_TEMPERATURE = 1e-5
@@ -156,16 +157,19 @@ class BatchingEngine:
                         self._prefill(joiners)
                     elif self._active:
                         self._decode_step()
-                except torch.OutOfMemoryError:
+                except Exception as error:  # a broken batch must not kill the engine
+                    if not is_out_of_memory(error):  # host or device: MemoryError, "can't allocate"
+                        logger.exception("generation step failed")
+                        self._fail_all(joiners, error)
+                        continue
                     self.counters.out_of_memory += 1
                     # Free the batch's cache before anyone hears of it, so a retry finds room.
                     failed = self._take_all(joiners)
+                    error.__traceback__ = None  # its frames hold the failed pass's tensors
                     gc.collect()
                     torch.cuda.empty_cache()  # no-op without an initialised CUDA context
-                    self._fail(failed, BackendOutOfMemory("out of accelerator memory"))
-                except Exception as error:  # a broken batch must not kill the engine
-                    logger.exception("generation step failed")
-                    self._fail_all(joiners, error)
+                    reason = f"out of memory in a forward pass ({type(error).__name__})"
+                    self._fail(failed, BackendOutOfMemory(reason))
             self._fail_all([], EngineClosed("the generation engine stopped"))
             with self._cond:
                 pending, self._pending = list(self._pending), deque()

@@ -46,10 +46,26 @@ def validate(config: ServerSettings) -> None:
             raise InputError(f"{name} must be 0 or more, got {getattr(config, name)}")
     if config.vram_guard is not None and not 0 < config.vram_guard <= 1:
         raise InputError(f"vram_guard is a fraction in (0, 1], got {config.vram_guard}")
+    for name in ("header_timeout_s", "body_timeout_s"):
+        if getattr(config, name) <= 0:
+            raise InputError(f"{name} must be above 0, got {getattr(config, name)}")
+    for name in ("max_connections", "max_prompt_chars"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
     if config.max_context is not None and config.max_context < 2:
         raise InputError(f"max_context must be at least 2, got {config.max_context}")
     if not 0 < config.port < 65536 and config.port != 0:
         raise InputError(f"port must be in 0..65535, got {config.port}")
+    if config.max_connections is not None:
+        from reference_server.connections import FD_RESERVE, open_file_limit
+
+        needed, limit = config.max_connections + FD_RESERVE + 8, open_file_limit()
+        if needed > limit:
+            raise InputError(
+                f"max_connections {config.max_connections} needs {needed} open files and the "
+                f"limit is {limit}; lower it or raise the limit (ulimit -n)"
+            )
     if config.rate_limit:
         from reference_server.rate_limit import check_storage, parse_rate_limit
 
@@ -66,8 +82,9 @@ def replace(config: ServerSettings, **changes: Any) -> ServerSettings:
 
 # Where each limit applies when several worker processes serve: a worker owns its gate, queue
 # and batch; rate-limit counters are shared only through a shared storage URI.
-_PER_REQUEST = ("queue_timeout_s", "request_timeout_s", "max_tokens_cap", "max_context",
-                "max_body_bytes", "strict")  # fmt: skip
+_PER_REQUEST = ("header_timeout_s", "body_timeout_s", "max_body_bytes", "max_prompt_chars",
+                "queue_timeout_s", "request_timeout_s", "max_tokens_cap", "max_context",
+                "strict")  # fmt: skip
 _PER_WORKER = ("max_concurrent", "queue_size", "max_batch", "batch_wait_ms")
 
 
@@ -81,14 +98,20 @@ class LimitInForce:
 
 def limits_in_force(config: ServerSettings) -> list[LimitInForce]:
     """The admission limits `capplan serve` reports at start, with their scope and origin."""
+    from reference_server.connections import connection_budget
     from reference_server.rate_limit import shared_storage
 
     multi = config.server == "gunicorn" and config.workers > 1
     out: list[LimitInForce] = []
 
-    def add(name: str, scope: str) -> None:
+    def add(name: str, scope: str, value: Any = None) -> None:
         source = config.sources.get(name, "default")
-        out.append(LimitInForce(name, getattr(config, name), scope, source))
+        shown = getattr(config, name) if value is None else value
+        out.append(LimitInForce(name, shown, scope, source))
+
+    # Derived from the open-file limit unless set; each worker has its own.
+    connections = connection_budget(config.max_connections)[0]
+    add("max_connections", "per worker" if multi else "server", connections)
 
     for name in _PER_WORKER:
         scope = "server"
@@ -99,7 +122,8 @@ def limits_in_force(config: ServerSettings) -> list[LimitInForce]:
             scope = "per worker"
         add(name, scope)
     for name in _PER_REQUEST:
-        add(name, "per request")
+        derived = name == "max_prompt_chars" and config.max_prompt_chars is None
+        add(name, "per request", "auto" if derived else None)  # auto: prompts.py
     if config.rate_limit:
         if not multi:
             scope = "per client"

@@ -1,9 +1,10 @@
 """Build the backend and the app from a ServerSettings, and run them under uvicorn or gunicorn.
 
 SIGTERM: uvicorn stops accepting connections at once, /ready turns 503, in-flight requests
-(queued ones included) finish within `drain_timeout_s`, then the backend closes. Under
-gunicorn the master forwards SIGTERM to each worker and waits `graceful_timeout`
-(= `drain_timeout_s`) before killing them.
+(queued ones included) finish within `drain_timeout_s`; what is left then is cut with an error
+(reference_server/serving.py) and the process exits with status 75 instead of 0. Under gunicorn
+the master forwards SIGTERM to each worker, each drains alike, gunicorn kills any left after
+`graceful_timeout` (the drain plus a grace), and the master exits 75 if any worker cut requests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from capplan.settings import ServerSettings
@@ -121,35 +121,30 @@ def start_banner(settings: ServerSettings, url: str) -> list[str]:
         lines.append(f"    {limit.name:<18} {value:<{width}} {scope} [{limit.source}]")
     if settings.api_key:
         lines.append("  API key required (Authorization: Bearer ...)")
+    if settings.forwarded_allow_ips:
+        lines.append(f"  X-Forwarded-For trusted from: {settings.forwarded_allow_ips}")
     return lines
 
 
 def run_uvicorn(config: ServerSettings, on_listening: Callable[[str], None]) -> None:
-    import uvicorn
-
+    from reference_server.serving import (
+        DRAIN_INCOMPLETE_EXIT,
+        DrainingServer,
+        shutdown_timeout_s,
+        uvicorn_config,
+    )
     from reference_server.testing import bind_socket
 
     app = build_app(config)
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
-    state = app.state.server
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            state.draining = True  # /ready answers 503 while in-flight requests finish
-            super().handle_exit(sig, frame)
-            # uvicorn re-raises the signal after shutdown; a completed drain exits 0 instead.
-            captured = getattr(self, "_captured_signals", None)
-            if isinstance(captured, list):
-                captured.clear()
-
     server = DrainingServer(
-        uvicorn.Config(
+        uvicorn_config(
             app,
             lifespan="on",
             log_level="info",
             access_log=False,
-            timeout_graceful_shutdown=max(1, round(config.drain_timeout_s)),
+            timeout_graceful_shutdown=shutdown_timeout_s(config),
         )
     )
     on_listening(_url(host, port))
@@ -157,6 +152,8 @@ def run_uvicorn(config: ServerSettings, on_listening: Callable[[str], None]) -> 
         server.run(sockets=[sock])
     finally:
         sock.close()
+    if server.drain_incomplete():
+        raise SystemExit(DRAIN_INCOMPLETE_EXIT)
 
 
 def run_gunicorn(config: ServerSettings, on_listening: Callable[[str], None]) -> None:
@@ -180,20 +177,32 @@ def run_gunicorn(config: ServerSettings, on_listening: Callable[[str], None]) ->
         def load(self) -> Any:
             return app_from_environment()
 
+    from reference_server import serving
+
+    serving.share_drain_flag()
     try:
         Application().run()
+    except SystemExit as exit_:
+        # gunicorn's master exits 0 however its workers' drains went; say so when one cut.
+        if exit_.code in (0, None) and serving.drain_was_cut():
+            raise SystemExit(serving.DRAIN_INCOMPLETE_EXIT) from None
+        raise
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
 
 
 def gunicorn_settings(config: ServerSettings) -> dict[str, Any]:
+    from reference_server.serving import shutdown_timeout_s
+
     return {
         "bind": [f"{config.host}:{config.port}"],
         "workers": config.workers,
         "threads": config.threads,
         "worker_class": "reference_server.gunicorn_worker.Worker",
-        "graceful_timeout": max(1, round(config.drain_timeout_s)),
+        # The worker cuts what is left at drain_timeout_s, then needs a moment to write the
+        # errors; gunicorn kills it after graceful_timeout.
+        "graceful_timeout": shutdown_timeout_s(config),
         # A worker silent for this long is killed; generation runs off the event loop, so the
         # loop keeps notifying even during long requests.
         "timeout": max(60, round(config.queue_timeout_s + config.request_timeout_s) + 30),

@@ -1,8 +1,10 @@
 """Per-client rate limits through the `limits` library.
 
-Windows like `10/minute;100/hour`, keyed by API key (bearer token) or client IP. The counters
-live in a `limits` storage named by URI: `memory://` is per process (so per gunicorn worker);
-`redis://host:6379` (or memcached, mongodb) shares them across workers and hosts.
+Windows like `10/minute;100/hour`, keyed by the API key when the server requires one (so only a
+key it accepts), else by the client's address (the peer, or X-Forwarded-For only from the proxies
+`--forwarded-allow-ips` names). The counters live in a `limits` storage named by URI:
+`memory://` is per process (so per gunicorn worker); `redis://host:6379` (or memcached, mongodb)
+shares them across workers and hosts.
 """
 
 from __future__ import annotations
@@ -89,18 +91,25 @@ class RateLimiter:
         # Test every window before counting, so a refused request uses up none of them.
         for item in self.items:
             if not await limiter.test(item, "capplan", client_key):
-                stats = await limiter.get_window_stats(item, "capplan", client_key)
-                wait = max(1, math.ceil(stats.reset_time - time.time()))
-                return RateDecision(False, wait, str(item))
+                return await self._refused(limiter, item, client_key)
         for item in self.items:
-            await limiter.hit(item, "capplan", client_key)
+            # hit() checks again as it counts: a concurrent request (on a shared store) may
+            # have taken the last place since test().
+            if not await limiter.hit(item, "capplan", client_key):
+                return await self._refused(limiter, item, client_key)
         return RateDecision(True)
 
+    @staticmethod
+    async def _refused(limiter: Any, item: Any, client_key: str) -> RateDecision:
+        stats = await limiter.get_window_stats(item, "capplan", client_key)
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        return RateDecision(False, wait, str(item))
 
-def client_key(authorization: str | None, client_host: str | None) -> str:
-    """Bearer token (hashed: never stored in clear) if given, else the client's IP."""
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-        if token:
-            return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+def client_key(accepted_api_key: str | None, client_host: str | None) -> str:
+    """The API key the server accepted for this request (hashed: never stored in clear), else
+    the client's address. A bearer token the server did not check is no identity: keyed on it,
+    a client would get a fresh window with every random token it sends."""
+    if accepted_api_key:
+        return "key:" + hashlib.sha256(accepted_api_key.encode()).hexdigest()[:16]
     return "ip:" + (client_host or "unknown")

@@ -1,5 +1,6 @@
-"""What one app instance owns (gate, limiter, metrics, backend) and the admission checks,
-cheapest first. `reference_server.app` wires them to routes.
+"""What one app instance owns (gate, limiter, tokenizer lanes, connection guard, metrics,
+backend), the admission checks cheapest first, and the drain. `reference_server.app` wires them
+to routes; docs/server.md lists the checks in order with what each protects against.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import time
 from typing import Any
 
+import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 from capplan.settings import ServerSettings
 from reference_server.admission import AdmissionGate, OpenGate, Rejected
 from reference_server.backend import Backend, GenerationRequest
+from reference_server.connections import ConnectionGuard
 from reference_server.generation import ApiError, GenerationRun
 from reference_server.metrics import ServerMetrics, multiprocess_dir
 from reference_server.openai_schema import (
@@ -27,13 +30,15 @@ from reference_server.openai_schema import (
     error_body,
     first_error,
 )
+from reference_server.prompts import PromptTokenizer
 from reference_server.rate_limit import RateLimiter, client_key
 from reference_server.responses import Kind
 from reference_server.vram import VramGuard, device_index
 
 log = logging.getLogger("reference_server")
-_LONG_PROMPT_CHARS = 16_000  # tokenize longer prompts off the event loop
 _COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+# Answers after which the rest of the request is not worth reading: the connection closes.
+_CLOSE_AFTER = frozenset({408, 413})
 
 
 class ServerState:
@@ -73,6 +78,10 @@ class ServerState:
         self.start_error: str | None = None
         self.outcomes: dict[str, int] = {}
         self.rate_limit_storage_errors = 0  # requests let through while the store was down
+        self.prompts = PromptTokenizer(backend, config.max_prompt_chars, lambda: self.max_context)
+        self.connections = ConnectionGuard.from_settings(config, on_refused=self.count)
+        self.runs: set[GenerationRun] = set()  # admitted and not closed yet
+        self.drain_cut = 0  # requests the drain's deadline cut short
 
     @property
     def max_context(self) -> int:
@@ -101,6 +110,8 @@ class ServerState:
             out["retry-after"] = str(err.retry_after_s)
         if err.status == 401:
             out["www-authenticate"] = "Bearer"
+        if err.status in _CLOSE_AFTER:
+            out["connection"] = "close"
         body = error_body(err.message, type_=err.type_, code=err.status, param=err.param)
         return JSONResponse(body, status_code=err.status, headers=out)
 
@@ -142,10 +153,20 @@ class ServerState:
                 "max_context": self.max_context,
                 "strict": c.strict,
                 "max_body_bytes": c.max_body_bytes,
+                "max_prompt_chars": self.prompts.limit(),
+                "header_timeout_s": c.header_timeout_s,
+                "body_timeout_s": c.body_timeout_s,
+                "max_connections": self.connections.max_connections,
+                "forwarded_allow_ips": c.forwarded_allow_ips,
                 "rate_limit": c.rate_limit,
                 "rate_limit_storage": c.rate_limit_storage if c.rate_limit else None,
                 "vram_guard": c.vram_guard if self.vram_guard else None,
                 "api_key_required": c.api_key is not None,
+            },
+            "tokenizing": self.prompts.in_progress,
+            "connections": {
+                "open": self.connections.open,
+                "max": self.connections.max_connections,
             },
             "counters": dict(self.outcomes),
             "rate_limit_storage_errors": self.rate_limit_storage_errors,
@@ -165,7 +186,17 @@ class ServerState:
             )
         return {"pid": os.getpid(), "server": c.server, "workers": workers, "stats_scope": scope}
 
-    # --- the checks, cheapest first --------------------------------------------------------
+    # --- the checks, cheapest first (docs/server.md) ----------------------------------------
+
+    def check_declared_size(self, request: Request) -> None:
+        """413 from the Content-Length header alone, before anything is read."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.config.max_body_bytes:
+            raise self._too_large()
+
+    def _too_large(self) -> ApiError:
+        limit = self.config.max_body_bytes
+        return ApiError(413, f"request body over {limit} bytes", reason="too_large", param="body")
 
     def check_auth(self, request: Request) -> None:
         if self.config.api_key is None:
@@ -179,20 +210,22 @@ class ServerState:
             )  # fmt: skip
 
     async def read_body(self, request: Request) -> bytes:
-        limit = self.config.max_body_bytes
-        too_large = ApiError(
-            413, f"request body over {limit} bytes", reason="too_large", param="body"
-        )
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
+        """The body, at most --max-body-bytes (413), within --body-timeout (408)."""
+        limit, timeout_s = self.config.max_body_bytes, self.config.body_timeout_s
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        try:
+            with anyio.fail_after(timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large()
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ApiError(
+                408, f"request body not received within {timeout_s:g} s ({size} bytes came)",
+                reason="body_timeout", type_="timeout", param="body",
+            ) from None  # fmt: skip
         return b"".join(chunks)
 
     def parse(self, body: bytes, kind: Kind) -> CompletionRequest | ChatCompletionRequest:
@@ -211,16 +244,12 @@ class ServerState:
             field, message = first_error(exc)
             raise ApiError(422, f"{field}: {message}", reason="invalid", param=field) from None
 
-    async def tokenize(self, parsed: CompletionRequest | ChatCompletionRequest) -> list[int]:
-        if isinstance(parsed, CompletionRequest):
-            text = parsed.prompt_text()
-            if len(text) > _LONG_PROMPT_CHARS:
-                return await asyncio.to_thread(self.backend.encode, text)
-            return self.backend.encode(text)
-        messages = parsed.message_dicts()
-        if sum(len(m["content"]) for m in messages) > _LONG_PROMPT_CHARS:
-            return await asyncio.to_thread(self.backend.encode_chat, messages)
-        return self.backend.encode_chat(messages)
+    def check_ready(self) -> None:
+        if not self.ready:
+            raise ApiError(
+                503, self.start_error or "model is loading", reason="not_ready",
+                type_="server_overloaded", retry_after_s=2,
+            )  # fmt: skip
 
     def max_tokens(
         self, parsed: CompletionRequest | ChatCompletionRequest, prompt_tokens: int
@@ -260,9 +289,8 @@ class ServerState:
     async def check_rate(self, request: Request) -> None:
         if self.limiter is None:
             return
-        key = client_key(
-            request.headers.get("authorization"), request.client.host if request.client else None
-        )
+        # check_auth ran first: with --api-key set, the request carries that key.
+        key = client_key(self.config.api_key, request.client.host if request.client else None)
         try:
             decision = await self.limiter.hit(key)
         except Exception as exc:
@@ -285,6 +313,7 @@ class ServerState:
             self.count("client_disconnect")  # gone while queued; no run to count it
             raise
         except Rejected as exc:
+            self.count(exc.reason)
             raise ApiError(
                 503, str(exc), reason=exc.reason, type_="server_overloaded",
                 retry_after_s=exc.retry_after_s,
@@ -299,6 +328,7 @@ class ServerState:
             admitted=time.monotonic(),
             timeout_s=self.config.request_timeout_s,
             outcomes=self.outcomes,
+            live=self.runs,
         )
         try:
             if self.vram_guard is not None:
@@ -321,3 +351,28 @@ class ServerState:
             await run.close("client_disconnect")
             raise
         return run
+
+    # --- the drain ----------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """SIGTERM: /ready answers 503 now; what is still in flight at --drain-timeout is cut."""
+        self.draining = True
+        asyncio.get_running_loop().call_later(self.config.drain_timeout_s, self.cut_in_flight)
+
+    def cut_in_flight(self) -> None:
+        """The drain's deadline: every running request ends with a 503 (an SSE error event when
+        it streams), every queued one is refused, and the gate admits no one more."""
+        self.gate.draining = True
+        message = (
+            f"server shutting down: the drain did not finish within "
+            f"{self.config.drain_timeout_s:g} s (--drain-timeout)"
+        )
+        runs = list(self.runs)
+        for run in runs:
+            run.cut(ApiError(503, message, reason="drain_timeout", type_="server_overloaded"))
+        self.drain_cut += len(runs) + self.gate.refuse_waiters(message)
+        if self.drain_cut:
+            log.error("drain incomplete: %d request(s) cut at --drain-timeout", self.drain_cut)
+
+    def close(self) -> None:
+        self.prompts.close()

@@ -27,9 +27,12 @@ def serve_in_thread(
     (`http://127.0.0.1:PORT`). With `wait_ready`, waits for `GET /ready` to answer 200 when the
     app has that route. On exit, shuts down gracefully (in-flight requests get
     `shutdown_timeout_s`) and joins the thread."""
+    from reference_server.serving import uvicorn_config
+
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
+    # The limits and proxy trust every launch has (reference_server/serving.py).
+    config = uvicorn_config(
         app,
         log_level="warning",
         lifespan="on",

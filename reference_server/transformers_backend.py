@@ -7,7 +7,6 @@ loop only tokenizes prompts and relays events. Nothing is downloaded and no remo
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ class TransformersBackend:
         self.max_batch = max_batch
         self.batch_wait_ms = batch_wait_ms
         self._device = device or _default_device()
-        self._tokenizer_lock = threading.Lock()
         self._tokenizer: Any = None
         self._engine: BatchingEngine | None = None
         model_id = Path(model_dir).name if model_dir else _embedded_model_id()
@@ -99,7 +97,14 @@ class TransformersBackend:
             dtype = "auto" if self._device.startswith("cuda") else torch.float32
             model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype, **options)
         model = model.to(self._device).eval()
+        fast = getattr(tokenizer, "backend_tokenizer", None)
+        if fast is not None:
+            # tokenizer.json may ship truncation or padding; the server counts every prompt
+            # token, so neither applies, and nothing changes the tokenizer once threads share it.
+            fast.no_truncation()
+            fast.no_padding()
         self._tokenizer = tokenizer
+        self.info.max_token_chars = max(map(len, tokenizer.get_vocab()), default=0) or None
         max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.info.max_context = max_context
         self.info.details["dtype"] = str(model.dtype).removeprefix("torch.")
@@ -120,11 +125,14 @@ class TransformersBackend:
         _free_cuda_cache()
 
     # ----------------------------------------------------------------------------- tokenizer
+    # No lock: the server tokenizes on worker threads, several prompts at once, while the engine
+    # thread decodes. The Rust tokenizer's encode and decode only read it (its truncation and
+    # padding, the one state they could change, are switched off once in _load), and
+    # `encode_batch` releases the GIL, so a long prompt keeps one core busy, not the event loop.
+    # (`tokenizer.encode` holds the GIL: 7 s for a 3.9 MB prompt, every other thread frozen.)
 
     def encode(self, text: str) -> list[int]:
-        tokenizer = self._require_tokenizer()
-        with self._tokenizer_lock:
-            return list(tokenizer.encode(text))
+        return self._encode(text, add_special_tokens=True)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         tokenizer = self._require_tokenizer()
@@ -132,15 +140,23 @@ class TransformersBackend:
             # A base model without a template: a plain transcript ending on the assistant's turn.
             text = "".join(f"{m.get('role', '')}: {m.get('content', '')}\n" for m in messages)
             return self.encode(text + "assistant: ")
-        with self._tokenizer_lock:
-            ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        return [int(i) for i in ids]
+        # What apply_chat_template(tokenize=True) does: render, then encode without adding
+        # special tokens (the template wrote them).
+        rendered = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        return self._encode(str(rendered), add_special_tokens=False)
+
+    def _encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        tokenizer = self._require_tokenizer()
+        fast = getattr(tokenizer, "backend_tokenizer", None)
+        if fast is None:  # a slow (pure Python) tokenizer
+            return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        (encoding,) = fast.encode_batch([text], add_special_tokens=add_special_tokens)
+        return list(encoding.ids)
 
     def _decode(self, ids: list[int]) -> str:
-        with self._tokenizer_lock:
-            return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
     def _require_tokenizer(self) -> Any:
         if self._tokenizer is None:

@@ -1,4 +1,4 @@
-"""Accelerator memory: the VRAM admission guard and CUDA out-of-memory recognition.
+"""Accelerator memory: the VRAM admission guard and out-of-memory recognition (any device).
 
 Both take a torch.cuda-like object (`memory_allocated(device)`,
 `get_device_properties(device).total_memory`, `empty_cache()`, and when present
@@ -8,7 +8,7 @@ Both take a torch.cuda-like object (`memory_allocated(device)`,
 from __future__ import annotations
 
 import contextlib
-import sys
+import gc
 from typing import Any
 
 from reference_server.backend import BackendOutOfMemory
@@ -55,19 +55,31 @@ def device_index(device: str) -> int:
     return int(index) if index.isdigit() else 0
 
 
+# How allocation failures read when they arrive as a plain RuntimeError: torch's CPU allocator
+# ("DefaultCPUAllocator: can't allocate memory"), CUDA and ROCm ("out of memory"), MPS.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """BackendOutOfMemory, or torch.cuda.OutOfMemoryError without importing torch."""
-    if isinstance(exc, BackendOutOfMemory):
+    """Any allocation failure: BackendOutOfMemory, MemoryError (host), torch.OutOfMemoryError
+    (checked by name, without importing torch), or a RuntimeError that says it ran out."""
+    if isinstance(exc, (BackendOutOfMemory, MemoryError)):
         return True
-    torch = sys.modules.get("torch")
-    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    if isinstance(oom_type, type) and isinstance(exc, oom_type):
+    if type(exc).__name__ == "OutOfMemoryError":
         return True
-    return type(exc).__name__ == "OutOfMemoryError"
+    if isinstance(exc, RuntimeError):
+        message = str(exc).lower()
+        return any(text in message for text in _OOM_MESSAGES)
+    return False
 
 
-def free_cache(cuda: Any) -> None:
-    """Give cached blocks back after an OOM so the next request has room."""
+def free_cache(cuda: Any, error: BaseException | None = None) -> None:
+    """Give memory back after an allocation failure so the next request has room: on cuda the
+    allocator's cached blocks, and unreachable tensors (a failed pass leaves reference cycles)
+    unless the backend already freed its own (BackendOutOfMemory: the engine collected them on
+    its thread; the emulated backend holds none), so a run of emulated refusals costs no gc."""
+    if not isinstance(error, BackendOutOfMemory):
+        gc.collect()
     empty = getattr(cuda, "empty_cache", None)
     if callable(empty):
         # A failing cleanup must not turn a 503 into a 500.

@@ -54,6 +54,9 @@ def test_env_file_from_estimate_emit_is_read(tmp_path: Path) -> None:
         ({"backend": "vllm"}, {}, "backend"),
         ({"rate_limit": "often"}, {}, "rate limit"),
         ({"strict": "maybe"}, {}, "strict"),
+        ({"header_timeout_s": 0}, {}, "header_timeout_s"),
+        ({"max_prompt_chars": 0}, {}, "max_prompt_chars"),
+        ({"max_connections": 10**9}, {}, "ulimit -n"),  # more than the open-file limit allows
     ],
 )
 def test_bad_settings_are_input_errors(flags: dict, env: dict, message: str) -> None:

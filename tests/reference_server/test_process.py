@@ -4,69 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 
 import httpx
 import pytest
 
 from capplan.loadtest.child_process import free_port
+from tests.reference_server.processes import server_process
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@contextmanager
-def _server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
-    """`python -m reference_server ARGS` on a free port; yields (process, base URL, what it
-    printed about itself)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reference_server", "--backend", "emulated", "--port", "0", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own group: cleanup reaches gunicorn's workers too
-    )
-    try:
-        assert process.stdout is not None
-        seen = []
-        url = None
-        for line in process.stdout:
-            seen.append(line)
-            match = re.search(r"capplan serve: (http://\S+)", line)
-            url = url or (match.group(1) if match else None)
-            if "drain_timeout_s" in line:  # the last limit printed
-                break
-        if url is None:
-            raise AssertionError("server never printed its URL:\n" + "".join(seen))
-        _wait_ready(url)
-        yield process, url, "".join(seen)
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # no-op after a clean exit
-        process.wait(10)
-
-
-def _wait_ready(url: str) -> None:
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)  # polling an observable state, not waiting a guessed duration
-    raise AssertionError(f"{url} never became ready")
+_server = server_process
 
 
 async def _stream_all(url: str, n: int) -> list[tuple[int, int, bool]]:
