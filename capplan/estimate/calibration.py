@@ -176,12 +176,17 @@ def _where(source: str) -> str:
     return source.split(":")[0].split(",")[0].strip()
 
 
-def check_matches(calibration: CalibrationProfile, runtime: str) -> list[str]:
+def check_matches(calibration: CalibrationProfile, runtime: str, gpu: str) -> list[str]:
     """Notes (not errors) when a profile is applied beyond what it measured."""
     notes = []
     if calibration.runtime != runtime:
         notes.append(
             f"calibration {calibration.path} measured runtime {calibration.runtime}, applied to "
             f"{runtime}"
+        )
+    if calibration.gpu != gpu:
+        notes.append(
+            f"calibration {calibration.path} was measured on {calibration.gpu}, applied to "
+            f"{gpu}: its floor and efficiencies belong to that host and device"
         )
     return notes

@@ -346,7 +346,7 @@ def _notes(cap: Capacity, request: EstimateRequest) -> list[str]:
     weights = cap.weights
     notes = []
     if request.calibration is not None:
-        notes += check_matches(request.calibration, request.runtime)
+        notes += check_matches(request.calibration, request.runtime, gpu.id)
     if weights.naive_bytes and weights.total_bytes > weights.naive_bytes * 1.02:
         short = 1 - weights.naive_bytes / weights.total_bytes
         notes.append(

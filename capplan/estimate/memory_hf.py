@@ -186,7 +186,7 @@ class HfBudget:
     request_tokens: int
     kv_per_token_bytes: int
     kv_per_request_bytes: int
-    kv_budget_bytes: int  # room for one request's KV beside weights, context, margin, activations
+    kv_budget_bytes: int  # KV room beside weights, context, margin and one request's activations
     max_concurrency: int  # device peak + margin within total: the recommendation's memory bound
     oom_concurrency: int  # allocated peak + context within total: past it generate() raises
     at: HfPeak  # the terms at the concurrency asked for (or max_concurrency)
@@ -230,9 +230,7 @@ def hf_budget(
         request_tokens=shape.prompt_tokens + shape.max_tokens,
         kv_per_token_bytes=kv_bytes_per_token(shape.spec, shape.kv_element_bytes, shape.tp),
         kv_per_request_bytes=per_request,
-        kv_budget_bytes=room
-        - one.activation_bytes
-        - (one.reserved_peak_bytes - one.allocated_peak_bytes),
+        kv_budget_bytes=room - one.activation_bytes,
         max_concurrency=best,
         oom_concurrency=oom,
         at=chosen,

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capplan.cli import app
+from capplan.estimate.result import SCHEMA_VERSION
 
 SEED = [
     "estimate",
@@ -77,7 +78,7 @@ def test_defaults_are_stated_in_the_output() -> None:
 def test_json_output_carries_the_schema_version() -> None:
     result = invoke(*SEED, "--format", "json")
     data = json.loads(result.output)
-    assert data["schema_version"] == "1.2"
+    assert data["schema_version"] == SCHEMA_VERSION == "1.3"
     assert data["memory"]["kv_per_token_bytes"] == 147456
     assert set(data["settings"]) == SETTINGS_KEYS
 

@@ -89,8 +89,11 @@ def test_several_tokens_per_chunk() -> None:
 
 def test_decode_step_grows_with_the_kv_the_batch_holds() -> None:
     timing = timing_from_catalog("h100", "qwen3-8b")
-    assert timing.decode_step_ms(100_000) > timing.decode_step_ms(0) > 0
-    assert timing.first_token_ms(4000, 0) > timing.first_token_ms(10, 0)
+    # Below ~10^6 KV tokens the hf runtime's host floor (~72 ms) sets every step.
+    floor = timing.floor_ms + timing.host_ms_per_sequence
+    assert timing.decode_step_ms(0) == pytest.approx(floor) and floor > 0
+    assert timing.decode_step_ms(10**7) > timing.decode_step_ms(0)
+    assert timing.first_token_ms(40_000, 0) > timing.first_token_ms(10, 0)
     assert timing.kv_budget_bytes and timing.kv_bytes_per_token > 0
     fixed = timing_from_catalog("h100", "qwen3-8b", ttft_ms=50, tpot_ms=7)
     assert fixed.first_token_ms(4000, 10**6) == 50
@@ -147,22 +150,32 @@ def test_decode_turns_compute_bound_past_the_estimators_batch() -> None:
     timing = timing_from_catalog("rtx3080", "qwen3-8b-int8")
     per_sequence = timing.decode_compute_ms_per_sequence
     assert per_sequence > 0
-    # Past base / per-sequence requests a step costs the batch's matmuls, not the weight read.
-    big = 2 * round(timing.decode_step_base_ms / per_sequence)
-    assert timing.decode_step_ms(0, batch=big) == pytest.approx(big * per_sequence)
-    assert timing.decode_step_ms(0, batch=1) == pytest.approx(timing.decode_step_base_ms)
+    # Past fixed / per-sequence requests a step costs the batch's matmuls (and host work), not
+    # the floor or the weight read.
+    fixed = max(timing.floor_ms, timing.decode_step_base_ms)
+    big = 2 * round(fixed / (per_sequence + timing.host_ms_per_sequence))
+    host = timing.floor_ms + big * timing.host_ms_per_sequence
+    assert timing.decode_step_ms(0, batch=big) == pytest.approx(max(big * per_sequence, host))
+    assert timing.decode_step_ms(0, batch=big) > 1.5 * timing.decode_step_ms(0, batch=1)
+    assert timing.decode_step_ms(0, batch=1) == pytest.approx(
+        max(timing.floor_ms + timing.host_ms_per_sequence, timing.decode_step_base_ms)
+    )
 
 
 @pytest.mark.parametrize(("gpu", "model"), [("rtx3080", "qwen3-8b-int8"), ("h100", "qwen3-8b")])
-def test_emulated_out_of_memory_comes_at_the_estimators_no_margin_ceiling(
-    gpu: str, model: str
-) -> None:
+def test_emulated_out_of_memory_comes_where_its_kv_budget_is_full(gpu: str, model: str) -> None:
     from capplan.estimate.estimator import EstimateRequest, estimate
     from capplan.estimate.gpu_spec import resolve_gpu
     from capplan.estimate.model_spec import resolve_model
+    from capplan.estimate.service_timing import service_timing
 
+    # The emulated card holds the KV the estimator leaves beside weights, context and one
+    # prompt's prefill, with no margin: as many requests as that KV holds, and never fewer than
+    # generate() itself (whose batched prefills and allocator cache cost more).
+    st = service_timing(gpu, model)
+    ceiling = st.kv_budget_bytes // (1024 * st.kv_bytes_per_token)
     result = estimate(EstimateRequest(resolve_gpu(gpu), resolve_model(model), 512, 512))
-    ceiling = result.zero_margin_concurrency
+    assert ceiling >= result.zero_margin_concurrency
     backend = EmulatedBackend(timing_from_catalog(gpu, model))
     backend.hold()  # every request keeps its KV reserved
 
