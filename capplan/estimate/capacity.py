@@ -116,10 +116,10 @@ def capacity(
     weights = weight_storage(spec, scheme, tp=workload.tp)
     roof = step_model(gpu, spec, scheme, workload, costs)
     if workload.runtime == "vllm":
-        cap = _vllm_capacity(gpu, spec, scheme, workload, vllm_options, weights, element, roof)
-    else:
-        cap = _hf_capacity(gpu, spec, scheme, workload, weights, element, roof)
-    return replace(cap, costs=costs)
+        return _vllm_capacity(
+            gpu, spec, scheme, workload, vllm_options, weights, element, roof, costs
+        )
+    return _hf_capacity(gpu, spec, scheme, workload, weights, element, roof, costs)
 
 
 def _hf_capacity(
@@ -130,6 +130,7 @@ def _hf_capacity(
     weights: WeightStorage,
     element: int,
     roof: Roofline,
+    costs: StepCosts,
 ) -> Capacity:
     shape = hf_shape(gpu, spec, scheme, workload, weights, element)
     total, margin = gpu.total_bytes, workload.margin_fraction
@@ -170,7 +171,7 @@ def _hf_capacity(
         largest_context=max(0, largest),
         memory=memory,
         roofline=roof,
-        costs=step_costs("hf", device_kind=gpu.kind),
+        costs=costs,
     )
 
 
@@ -207,6 +208,7 @@ def _vllm_capacity(
     weights: WeightStorage,
     element: int,
     roof: Roofline,
+    costs: StepCosts,
 ) -> Capacity:
     options = options or VllmOptions()
     version = vllm_version(options.version)
@@ -266,7 +268,7 @@ def _vllm_capacity(
         largest_context=min(budget.kv_cache_tokens, budget.max_model_len),
         memory=memory,
         roofline=roof,
-        costs=step_costs("vllm", device_kind=gpu.kind),
+        costs=costs,
     )
 
 
