@@ -50,10 +50,18 @@ class Fit:
     predicted_ttft: tuple[float, ...]
 
 
+# Few points often fit several ways exactly (a floor, or memory at an absurdly low bandwidth):
+# a light pull towards the default efficiencies picks the physically plausible one, and is far
+# too light to outweigh a point's real error.
+PRIOR_WEIGHT = 0.05
+
+
 class _Terms:
     """Each point's memory and compute time at 100% efficiency, as arrays."""
 
     def __init__(self, roof: Roofline, decode: list[DecodePoint], prefill: list[PrefillPoint]):
+        self.default_bw = roof.bandwidth_efficiency
+        self.default_compute = roof.compute_efficiency
         self.base = roof.weights_bytes * roof.decode_slowdown / roof.bandwidth_bytes_s * 1e3
         per_kv = roof.kv_bytes_per_token / roof.bandwidth_bytes_s * 1e3
         flops_ms = 2 * roof.matmul_params / (roof.tflops * 1e12) * 1e3
@@ -82,7 +90,8 @@ class _Terms:
             pred = self.prefill_pred(f, h, b, c)
             overhead = np.clip(np.median(self.p_obs - pred, axis=-1), 0.0, None)[..., None]
             total = total + np.abs(np.log(pred + overhead) - np.log(self.p_obs)).sum(axis=-1)
-        return total
+        prior = np.abs(np.log(b / self.default_bw)) + np.abs(np.log(c / self.default_compute))
+        return total + PRIOR_WEIGHT * prior[..., 0]
 
 
 def _search(terms: _Terms, grids: list[np.ndarray]) -> tuple[float, float, float, float]:
