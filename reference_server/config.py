@@ -35,7 +35,7 @@ def validate(config: ServerSettings) -> None:
     if config.server not in ("uvicorn", "gunicorn"):
         raise InputError(f"server must be uvicorn or gunicorn, got {config.server!r}")
     positive = ("max_concurrent", "workers", "threads", "max_tokens_cap", "max_batch",
-                "max_body_bytes", "tokens_per_chunk")  # fmt: skip
+                "max_body_bytes", "tokens_per_chunk", "prefill_chunk_tokens")  # fmt: skip
     for name in positive:
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be at least 1, got {getattr(config, name)}")
@@ -44,6 +44,13 @@ def validate(config: ServerSettings) -> None:
     for name in non_negative:
         if getattr(config, name) < 0:
             raise InputError(f"{name} must be 0 or more, got {getattr(config, name)}")
+    if config.engine not in ("auto", "fixed"):
+        raise InputError(f"engine must be auto or fixed, got {config.engine!r}")
+    if config.kv_cache_memory is not None and config.kv_cache_memory < 1:
+        raise InputError(f"kv_cache_memory must be at least 1 byte, got {config.kv_cache_memory}")
+    utilization = config.gpu_memory_utilization
+    if utilization is not None and not 0 < utilization <= 1:
+        raise InputError(f"gpu_memory_utilization is a fraction in (0, 1], got {utilization}")
     if config.vram_guard is not None and not 0 < config.vram_guard <= 1:
         raise InputError(f"vram_guard is a fraction in (0, 1], got {config.vram_guard}")
     if config.max_context is not None and config.max_context < 2:
@@ -68,7 +75,8 @@ def replace(config: ServerSettings, **changes: Any) -> ServerSettings:
 # and batch; rate-limit counters are shared only through a shared storage URI.
 _PER_REQUEST = ("queue_timeout_s", "request_timeout_s", "max_tokens_cap", "max_context",
                 "max_body_bytes", "strict")  # fmt: skip
-_PER_WORKER = ("max_concurrent", "queue_size", "max_batch", "batch_wait_ms")
+_PER_WORKER = ("max_concurrent", "queue_size", "max_batch", "batch_wait_ms", "kv_cache_memory",
+               "prefill_chunk_tokens")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,40 @@
+"""Next tokens from the sampled rows' logits: greedy, or temperature and top-p per request."""
+
+from __future__ import annotations
+
+import torch
+
+from reference_server.engine.sequence import Sequence
+
+# Below this, logits / temperature overflows to inf and softmax to NaN: sample greedily
+# (vLLM's threshold). A fuzzer's temperature of 5e-324 once failed a whole batch.
+MIN_TEMPERATURE = 1e-5
+
+
+def sample(batch: list[Sequence], logits: torch.Tensor) -> list[int]:
+    """Greedy rows take the argmax; the others sample with their own generator.
+
+    Temperature, softmax and top-p run batched on the model's device (a top-p sort over a 150k
+    vocabulary is slow on cpu); only the final draw runs per row on cpu, where each sequence's
+    generator lives.
+    """
+    tokens: list[int] = logits.argmax(-1).tolist()
+    rows = [i for i, s in enumerate(batch) if s.temperature >= MIN_TEMPERATURE]
+    if not rows:
+        return tokens
+    device = logits.device
+    index = torch.tensor(rows, device=device)
+    temperature = torch.tensor([batch[i].temperature for i in rows], device=device)
+    probs = torch.softmax(logits.index_select(0, index).float() / temperature[:, None], dim=-1)
+    top_p = [batch[i].top_p for i in rows]
+    if min(top_p) < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest head of the distribution whose mass reaches top_p (at least one)
+        outside = (
+            sorted_probs.cumsum(-1) - sorted_probs > torch.tensor(top_p, device=device)[:, None]
+        )
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0))
+    probs = probs.cpu()
+    for j, i in enumerate(rows):
+        tokens[i] = int(torch.multinomial(probs[j], 1, generator=batch[i].generator))
+    return tokens
