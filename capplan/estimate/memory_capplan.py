@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from capplan.estimate.architecture import ModelSpec
 from capplan.estimate.kv_cache import kv_heads_per_rank
 from capplan.estimate.quantization import QuantScheme
+from capplan.units import format_bytes
 
 BLOCK_SIZE = 16  # tokens per KV block, as vLLM's default page
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's classic default share of the device
@@ -234,3 +235,113 @@ def cpu_default_budget(shape: EngineShape, limits: EngineLimits) -> int:
     context, at most CPU_DEFAULT_KV_BYTES."""
     needed = pool_bytes(shape, -(-limits.max_batch * limits.max_context // BLOCK_SIZE))
     return min(CPU_DEFAULT_KV_BYTES, needed)
+
+
+@dataclass(frozen=True)
+class CapplanBudget:
+    """The engine's memory on one device (one rank): every term, and what sized the pool."""
+
+    total_bytes: int
+    gpu_memory_utilization: float | None  # None on a CPU
+    requested_bytes: int  # what the pool and workspace were planned in (cuda: total x share)
+    weights_bytes: int
+    non_torch_bytes: int  # CUDA context and workspaces, or the CPU process
+    pool_bytes: int  # what the engine allocates: `--kv-cache-memory` to emit
+    num_blocks: int
+    kv_per_token_bytes: int
+    workspace: Workspace
+    limits: EngineLimits
+    request_tokens: int
+    sized_by: str
+
+    @property
+    def block_size(self) -> int:
+        return BLOCK_SIZE
+
+    @property
+    def tokens(self) -> int:
+        return self.num_blocks * BLOCK_SIZE
+
+    @property
+    def request_blocks(self) -> int:
+        return -(-self.request_tokens // BLOCK_SIZE)
+
+    @property
+    def workload_concurrency(self) -> int:
+        """Requests of the workload whose reservations fit the pool at once."""
+        return self.num_blocks // self.request_blocks if self.request_blocks else 0
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Weights + pool + workspace: what torch allocates at the engine's peak."""
+        return self.weights_bytes + self.pool_bytes + self.workspace.total_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        """Everything the process holds at its peak, as NVML (or the RSS) shows it."""
+        return self.non_torch_bytes + self.allocated_bytes
+
+
+def capplan_budget(
+    shape: EngineShape,
+    limits: EngineLimits,
+    *,
+    total_bytes: int,
+    weights_bytes: int,
+    non_torch_bytes: int,
+    request_tokens: int,
+    cpu: bool,
+    gpu_memory_utilization: float | None = None,
+) -> CapplanBudget:
+    """The pool the server allocates by default on this device, and every term beside it:
+    on a GPU what `gpu_memory_utilization` of the total leaves after weights, context and the
+    workspace (vLLM's rule); on a CPU the room left in RAM, at most CPU_DEFAULT_KV_BYTES."""
+    if cpu:
+        requested = total_bytes
+        plan = plan_pool(shape, limits, total_bytes - weights_bytes - non_torch_bytes)
+        if plan.pool_bytes > CPU_DEFAULT_KV_BYTES:
+            plan = fixed_pool(shape, limits, CPU_DEFAULT_KV_BYTES)
+        utilization = None
+        sized_by = (
+            "cpu: the RAM left after the process and the weights, at most "
+            f"{CPU_DEFAULT_KV_BYTES // 1024**3} GiB"
+        )
+    else:
+        utilization = gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+        requested = int(total_bytes * utilization)
+        plan = plan_pool(shape, limits, requested - weights_bytes - non_torch_bytes)
+        source = "--gpu-memory-utilization" if gpu_memory_utilization else "default"
+        sized_by = (
+            f"gpu_memory_utilization {utilization} ({source}) minus weights, context, workspace"
+        )
+    return CapplanBudget(
+        total_bytes=total_bytes,
+        gpu_memory_utilization=utilization,
+        requested_bytes=requested,
+        weights_bytes=weights_bytes,
+        non_torch_bytes=non_torch_bytes,
+        pool_bytes=plan.pool_bytes if plan.num_blocks else 0,
+        num_blocks=plan.num_blocks,
+        kv_per_token_bytes=shape.kv_bytes_per_token,
+        workspace=plan.workspace,
+        limits=limits,
+        request_tokens=request_tokens,
+        sized_by=sized_by,
+    )
+
+
+def capplan_assumptions(b: CapplanBudget) -> list[str]:
+    """The capplan lines of an estimate's assumptions: how the pool was sized, every term."""
+    w, limits = b.workspace, b.limits
+    return [
+        f"runtime capplan: capplan serve's fixed-KV engine; KV pool {format_bytes(b.pool_bytes)} "
+        f"({b.num_blocks} blocks of {BLOCK_SIZE} tokens + 1 trash slot) allocated at start, "
+        f"sized by {b.sized_by}; a request reserves prompt + max_tokens in whole blocks "
+        "(no preemption, no growth)",
+        f"engine workspace {format_bytes(w.total_bytes)} = index table "
+        f"{format_bytes(w.index_table_bytes)} + max(decode step of {limits.max_batch} rows "
+        f"{format_bytes(w.decode_bytes)}, prefill chunk of {limits.prefill_chunk_tokens} tokens "
+        f"{format_bytes(w.prefill_bytes)}): activations, the gathered K/V of one layer, the "
+        "attention mask, the sampled rows' logits and sampling; capplan serve sets "
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, so no allocator cache is counted",
+    ]

@@ -14,9 +14,11 @@ MIN_TEMPERATURE = 1e-5
 def sample(batch: list[Sequence], logits: torch.Tensor) -> list[int]:
     """Greedy rows take the argmax; the others sample with their own generator.
 
-    Temperature, softmax and top-p run batched on the model's device (a top-p sort over a 150k
-    vocabulary is slow on cpu); only the final draw runs per row on cpu, where each sequence's
-    generator lives.
+    Temperature, softmax, top-p and the cumulative distribution run batched on the model's
+    device; each sampled row then draws one uniform number from its own generator on cpu and
+    takes the first token whose cumulative probability passes it (inverse CDF). One draw per
+    row, not one per vocabulary entry: `torch.multinomial` draws an exponential for every token,
+    8 ms a row with a 151,936-token vocabulary on this cpu, 250 ms for 32 rows.
     """
     tokens: list[int] = logits.argmax(-1).tolist()
     rows = [i for i, s in enumerate(batch) if s.temperature >= MIN_TEMPERATURE]
@@ -30,11 +32,14 @@ def sample(batch: list[Sequence], logits: torch.Tensor) -> list[int]:
     if min(top_p) < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # keep the smallest head of the distribution whose mass reaches top_p (at least one)
-        outside = (
-            sorted_probs.cumsum(-1) - sorted_probs > torch.tensor(top_p, device=device)[:, None]
-        )
+        limit = torch.tensor(top_p, device=device)[:, None]
+        outside = sorted_probs.cumsum(-1) - sorted_probs > limit
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0))
-    probs = probs.cpu()
+    cdf = probs.cumsum(-1)
+    draws = torch.cat([torch.rand(1, generator=batch[i].generator) for i in rows]).to(device)
+    # right=True: a token with no mass (cdf flat across it) is never the first to exceed.
+    found = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True)
+    picked: list[int] = found.clamp(max=probs.shape[-1] - 1).reshape(-1).tolist()
     for j, i in enumerate(rows):
-        tokens[i] = int(torch.multinomial(probs[j], 1, generator=batch[i].generator))
+        tokens[i] = picked[j]
     return tokens
