@@ -86,10 +86,10 @@ class ServerSettings:
         "set (cuda; default 0.9).",
         unit="fraction",
     )
-    prefill_chunk_tokens: int = _setting(
-        512,
+    prefill_chunk_tokens: int | None = _setting(
+        None,
         "Prompt tokens per prefill forward: while prompts join, a running stream waits at most "
-        "one decode step plus one chunk.",
+        "one decode step plus one chunk; default 2048 on cuda, 512 on cpu.",
         unit="tokens",
         emit=True,
     )

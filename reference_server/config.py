@@ -35,7 +35,7 @@ def validate(config: ServerSettings) -> None:
     if config.server not in ("uvicorn", "gunicorn"):
         raise InputError(f"server must be uvicorn or gunicorn, got {config.server!r}")
     positive = ("max_concurrent", "workers", "threads", "max_tokens_cap", "max_batch",
-                "max_body_bytes", "tokens_per_chunk", "prefill_chunk_tokens")  # fmt: skip
+                "max_body_bytes", "tokens_per_chunk")  # fmt: skip
     for name in positive:
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be at least 1, got {getattr(config, name)}")
@@ -46,6 +46,9 @@ def validate(config: ServerSettings) -> None:
             raise InputError(f"{name} must be 0 or more, got {getattr(config, name)}")
     if config.engine not in ("auto", "fixed"):
         raise InputError(f"engine must be auto or fixed, got {config.engine!r}")
+    chunk = config.prefill_chunk_tokens
+    if chunk is not None and chunk < 1:
+        raise InputError(f"prefill_chunk_tokens must be at least 1, got {chunk}")
     if config.kv_cache_memory is not None and config.kv_cache_memory < 1:
         raise InputError(f"kv_cache_memory must be at least 1 byte, got {config.kv_cache_memory}")
     utilization = config.gpu_memory_utilization

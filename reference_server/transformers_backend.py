@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from capplan.errors import InputError
-from capplan.estimate.memory_capplan import BLOCK_SIZE, DEFAULT_PREFILL_CHUNK_TOKENS, EngineLimits
+from capplan.estimate.memory_capplan import BLOCK_SIZE, EngineLimits, default_prefill_chunk
 from reference_server.backend import (
     BackendInfo,
     Finished,
@@ -45,7 +45,7 @@ class TransformersBackend:
         engine: str = "auto",
         kv_cache_memory: int | None = None,
         gpu_memory_utilization: float | None = None,
-        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
+        prefill_chunk_tokens: int | None = None,
     ) -> None:
         if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
             raise InputError(
@@ -61,8 +61,8 @@ class TransformersBackend:
         self.batch_wait_ms = batch_wait_ms
         self.kv_cache_memory = kv_cache_memory
         self.gpu_memory_utilization = gpu_memory_utilization
-        self.prefill_chunk_tokens = prefill_chunk_tokens
         self._device = device or _default_device()
+        self.prefill_chunk_tokens = prefill_chunk_tokens or default_prefill_chunk(self._device)
         self._tokenizer_lock = threading.Lock()
         self._tokenizer: Any = None
         self._engine: EngineThread | None = None
@@ -79,7 +79,7 @@ class TransformersBackend:
                 "batching": "continuous over a fixed KV pool, chunked prefill",
                 "max_batch": max_batch,
                 "batch_wait_ms": batch_wait_ms,
-                "prefill_chunk_tokens": prefill_chunk_tokens,
+                "prefill_chunk_tokens": self.prefill_chunk_tokens,
             },
         )
 

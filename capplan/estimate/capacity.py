@@ -17,11 +17,11 @@ from capplan.estimate.kv_cache import (
     max_tokens_in_budget,
 )
 from capplan.estimate.memory_capplan import (
-    DEFAULT_PREFILL_CHUNK_TOKENS,
     CapplanBudget,
     EngineLimits,
     EngineShape,
     capplan_budget,
+    default_prefill_chunk,
 )
 from capplan.estimate.memory_hf import (
     CPU_PROCESS_BYTES,
@@ -232,7 +232,8 @@ def _capplan_capacity(
     shape = EngineShape.from_spec(spec, scheme, element, workload.tp)
 
     def budget(max_batch: int) -> CapplanBudget:
-        limits = EngineLimits(max_batch, DEFAULT_PREFILL_CHUNK_TOKENS, spec.max_positions)
+        chunk = default_prefill_chunk(gpu.kind)
+        limits = EngineLimits(max_batch, chunk, spec.max_positions)
         return capplan_budget(
             shape,
             limits,

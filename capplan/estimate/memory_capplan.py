@@ -4,11 +4,11 @@ The engine (reference_server/engine/) allocates its KV cache once, at start, and
 so its peak is a sum rather than a replay of an allocator:
 
     device    = non-torch (CUDA context, or the CPU process) + weights + KV pool + workspace
-    KV pool   = (num_blocks x BLOCK_SIZE + 1) tokens x KV bytes per token
-                (the + 1: one trash slot that padded rows write to and read from, masked)
-    workspace = the index table + max(one decode step, one prefill chunk)
+    KV pool   = (num_blocks + 1) x BLOCK_SIZE tokens x KV bytes per token
+                (the + 1: a trash block that padded rows write to and read from, masked)
+    workspace = the block table + the gather buffers + max(one decode step, one prefill chunk)
 
-Given `kv_cache_memory` bytes, num_blocks = (bytes - one token) // one block: the engine calls the
+Given `kv_cache_memory` bytes, num_blocks = bytes // one block - 1: the engine calls the
 same `pool_blocks` and `pool_bytes`, so the pool it allocates is the estimate's term to the byte.
 Without it, the budget is vLLM's rule (total x gpu_memory_utilization - weights - non-torch -
 workspace) on a GPU, and at most `CPU_DEFAULT_KV_BYTES` on a CPU.
@@ -28,12 +28,22 @@ from capplan.units import format_bytes
 BLOCK_SIZE = 16  # tokens per KV block, as vLLM's default page
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's classic default share of the device
 CPU_DEFAULT_KV_BYTES = 4 * 1024**3  # vLLM's CPU default KV space (VLLM_CPU_KVCACHE_SPACE=4)
-DEFAULT_PREFILL_CHUNK_TOKENS = 512  # prompt tokens per prefill forward (padding included)
+# Prompt tokens per prefill forward (padding included). A running stream waits one decode step
+# plus one chunk while prompts join; fewer, larger forwards finish the prompts sooner. On a GPU an
+# eager forward costs its host floor (~70 ms for an 8B model) up to about 2048 tokens, so smaller
+# chunks only add forwards; on a CPU every token costs, and 512 keeps the wait near 3 decode steps
+# (docs/server.md, "The engine").
+DEFAULT_PREFILL_CHUNK_TOKENS = {"cpu": 512, "gpu": 2048}
+
+
+def default_prefill_chunk(device: str) -> int:
+    """The default chunk for a device: "cpu", "gpu", or a torch device name ("cuda:0")."""
+    return DEFAULT_PREFILL_CHUNK_TOKENS["cpu" if device.startswith("cpu") else "gpu"]
 # Sampling holds, per logit of a sampled row: the fp32 logits, the scaled copy and its softmax,
 # and for top-p the sorted probabilities (fp32), their order (int64), the cumulative sum, the
 # mask and the scattered result: 4 + 4 + 4 + 12 + 4 + 1 + 4 + 4 bytes, rounded up.
 SAMPLING_BYTES_PER_LOGIT = 40
-INDEX_BYTES = 8  # int64 pool slots in the index table and the gather index
+INDEX_BYTES = 8  # int64 block ids in the block table
 
 
 @dataclass(frozen=True)
@@ -91,30 +101,37 @@ class EngineLimits:
 
     max_batch: int  # rows decoded together (`--max-batch`)
     prefill_chunk_tokens: int  # prompt tokens per prefill forward (`--prefill-chunk-tokens`)
-    max_context: int  # positions per request: the index table's width
+    max_context: int  # positions per request: the block table spans them
 
 
 def pool_blocks(shape: EngineShape, budget_bytes: int) -> int:
-    """Whole blocks that fit in `budget_bytes` beside the trash slot."""
-    return max(0, (budget_bytes - shape.kv_bytes_per_token) // shape.block_bytes)
+    """Whole blocks that fit in `budget_bytes` beside the trash block."""
+    return max(0, budget_bytes // shape.block_bytes - 1)
 
 
 def pool_bytes(shape: EngineShape, num_blocks: int) -> int:
-    """What the engine allocates for `num_blocks`: the blocks and one trash slot."""
-    return (num_blocks * BLOCK_SIZE + 1) * shape.kv_bytes_per_token
+    """What the engine allocates for `num_blocks`: the blocks and the trash block."""
+    return (num_blocks + 1) * shape.block_bytes
+
+
+def context_blocks(limits: EngineLimits) -> int:
+    """Blocks one request can span: the block table's width."""
+    return -(-limits.max_context // BLOCK_SIZE)
 
 
 def decode_gather_tokens(limits: EngineLimits, pool_tokens: int) -> int:
-    """The most keys one decode forward gathers per layer (rows x longest row, padding
-    included): every running row at full context, and never more than the pool holds (the
-    engine splits a step whose padded gather would exceed it)."""
-    return max(1, min(pool_tokens, limits.max_batch * limits.max_context))
+    """The most keys one decode forward gathers per layer (rows x longest row in whole
+    blocks, padding included): every running row at full context, and never more than the pool
+    holds (the engine splits a step whose padded gather would exceed it)."""
+    full = limits.max_batch * context_blocks(limits) * BLOCK_SIZE
+    return max(BLOCK_SIZE, min(pool_tokens, full))
 
 
 def prefill_gather_tokens(limits: EngineLimits, pool_tokens: int) -> int:
-    """The most keys one prefill forward gathers per layer: one request's context (the engine
-    adds rows to a chunk only while rows x longest context stays within it)."""
-    return max(1, min(pool_tokens, limits.max_context))
+    """The most keys one prefill forward gathers per layer: one request's context in whole
+    blocks (the engine adds rows to a chunk only while rows x longest context stays within
+    it)."""
+    return max(BLOCK_SIZE, min(pool_tokens, context_blocks(limits) * BLOCK_SIZE))
 
 
 def hidden_bytes(shape: EngineShape, tokens: int) -> int:
@@ -134,29 +151,37 @@ def logits_bytes(shape: EngineShape, rows: int) -> int:
     return rows * shape.vocab * (shape.act_bytes + 4 + SAMPLING_BYTES_PER_LOGIT)
 
 
-def attention_bytes(shape: EngineShape, queries: int, gathered: int, keys: int) -> int:
-    """One layer's attention over the pool: the gathered K and V (`gathered` keys in all rows,
-    and their int64 index), and the boolean mask with the query heads packed onto the KV heads
-    (`queries` x `keys` per group) beside its conversion to an additive mask in the model's
-    dtype. No score matrix: with a mask, sdpa runs the memory-efficient kernel on cuda and the
-    flash kernel on cpu (measured there: a 2048 x 8192 masked call grew the RSS by the float
-    mask, 67 MB, and not by the 537 MB of fp32 scores)."""
-    gather = gathered * (shape.kv_bytes_per_token_layer + INDEX_BYTES)
-    mask = shape.groups * queries * keys * (1 + shape.act_bytes)
-    return gather + mask
+def gather_bytes(shape: EngineShape, limits: EngineLimits, pool_tokens: int) -> int:
+    """The two buffers (K and V) every layer's gather reuses, allocated at start: as many keys
+    as one forward may gather."""
+    tokens = max(
+        decode_gather_tokens(limits, pool_tokens), prefill_gather_tokens(limits, pool_tokens)
+    )
+    return tokens * shape.kv_bytes_per_token_layer
+
+
+def attention_bytes(shape: EngineShape, queries: int, keys: int) -> int:
+    """One layer's attention over the gathered keys besides the buffers: the boolean mask with
+    the query heads packed onto the KV heads (`queries` x `keys` per group) beside its
+    conversion to an additive mask in the model's dtype. No score matrix: with a mask, sdpa
+    runs the memory-efficient kernel on cuda and the flash kernel on cpu (measured there: a
+    2048 x 8192 masked call grew the RSS by the float mask, 67 MB, not by 537 MB of scores)."""
+    return shape.groups * queries * keys * (1 + shape.act_bytes)
 
 
 @dataclass(frozen=True)
 class Workspace:
     """The engine's memory besides weights and pool, at its largest."""
 
-    index_table_bytes: int  # [max_batch, max_context] int64, allocated at start
+    block_table_bytes: int  # the block table, [max_batch, context blocks] int64, at start
+    gather_bytes: int  # the K and V gather buffers, at start
     decode_bytes: int  # one decode forward of max_batch rows and its sampling
     prefill_bytes: int  # one prefill forward of a full chunk and its sampling
 
     @property
     def total_bytes(self) -> int:
-        return self.index_table_bytes + max(self.decode_bytes, self.prefill_bytes)
+        fixed = self.block_table_bytes + self.gather_bytes
+        return fixed + max(self.decode_bytes, self.prefill_bytes)
 
 
 def workspace(shape: EngineShape, limits: EngineLimits, pool_tokens: int) -> Workspace:
@@ -167,16 +192,17 @@ def workspace(shape: EngineShape, limits: EngineLimits, pool_tokens: int) -> Wor
     prefill_keys = prefill_gather_tokens(limits, pool_tokens)
     decode = (
         hidden_bytes(shape, rows)
-        + attention_bytes(shape, 1, decode_keys, decode_keys)
+        + attention_bytes(shape, 1, decode_keys)
         + logits_bytes(shape, rows)
     )
     prefill = (
         hidden_bytes(shape, chunk)
-        + attention_bytes(shape, chunk, prefill_keys, prefill_keys)
+        + attention_bytes(shape, chunk, prefill_keys)
         + logits_bytes(shape, min(rows, chunk))
     )
     return Workspace(
-        index_table_bytes=rows * limits.max_context * INDEX_BYTES,
+        block_table_bytes=rows * context_blocks(limits) * INDEX_BYTES,
+        gather_bytes=gather_bytes(shape, limits, pool_tokens),
         decode_bytes=decode,
         prefill_bytes=prefill,
     )
@@ -335,13 +361,14 @@ def capplan_assumptions(b: CapplanBudget) -> list[str]:
     w, limits = b.workspace, b.limits
     return [
         f"runtime capplan: capplan serve's fixed-KV engine; KV pool {format_bytes(b.pool_bytes)} "
-        f"({b.num_blocks} blocks of {BLOCK_SIZE} tokens + 1 trash slot) allocated at start, "
+        f"({b.num_blocks} blocks of {BLOCK_SIZE} tokens + 1 trash block) allocated at start, "
         f"sized by {b.sized_by}; a request reserves prompt + max_tokens in whole blocks "
         "(no preemption, no growth)",
-        f"engine workspace {format_bytes(w.total_bytes)} = index table "
-        f"{format_bytes(w.index_table_bytes)} + max(decode step of {limits.max_batch} rows "
+        f"engine workspace {format_bytes(w.total_bytes)} = block table "
+        f"{format_bytes(w.block_table_bytes)} + K/V gather buffers {format_bytes(w.gather_bytes)}"
+        f" (allocated at start) + max(decode step of {limits.max_batch} rows "
         f"{format_bytes(w.decode_bytes)}, prefill chunk of {limits.prefill_chunk_tokens} tokens "
-        f"{format_bytes(w.prefill_bytes)}): activations, the gathered K/V of one layer, the "
-        "attention mask, the sampled rows' logits and sampling; capplan serve sets "
+        f"{format_bytes(w.prefill_bytes)}): activations, the attention mask, the sampled rows' "
+        "logits and sampling; capplan serve sets "
         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, so no allocator cache is counted",
     ]

@@ -144,9 +144,7 @@ def server_settings(
         # --runtime capplan: the pool the estimate planned, allocated to the byte by the server
         kv_cache_memory=cap.capplan.pool_bytes if cap.capplan is not None else None,
         prefill_chunk_tokens=(
-            cap.capplan.limits.prefill_chunk_tokens
-            if cap.capplan is not None
-            else ServerSettings.prefill_chunk_tokens
+            cap.capplan.limits.prefill_chunk_tokens if cap.capplan is not None else None
         ),
     )
 

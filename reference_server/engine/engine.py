@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from capplan.estimate.memory_capplan import (
+    BLOCK_SIZE,
     EngineLimits,
+    context_blocks,
     decode_gather_tokens,
     prefill_gather_tokens,
 )
@@ -61,16 +63,20 @@ class FixedKvEngine:
             raise NotImplementedError("the fixed-KV engine serves full-attention models only")
         self.model = model
         self.pool = pool
-        self.cache = PoolCache(pool)
         self.limits = limits
         self.eos_token_ids = eos_token_ids
         self.device = pool.storage.device
         self.groups = pool.shape.groups
         self.decode_keys = decode_gather_tokens(limits, pool.capacity)
         self.prefill_keys = prefill_gather_tokens(limits, pool.capacity)
-        # Row r, column p: the pool slot of position p of the sequence on row r (trash if none).
-        self.index_table = torch.full(
-            (limits.max_batch, limits.max_context), pool.trash, dtype=torch.long, device=self.device
+        self.cache = PoolCache(pool, max(self.decode_keys, self.prefill_keys))
+        # Row r, column b: the pool block holding positions 16b..16b+15 of the sequence on row r
+        # (the trash block where it holds none).
+        self.block_table = torch.full(
+            (limits.max_batch, context_blocks(limits)),
+            pool.trash_block,
+            dtype=torch.long,
+            device=self.device,
         )
         self._free_rows: deque[int] = deque(range(limits.max_batch))
         self.waiting: deque[Sequence] = deque()
@@ -133,7 +139,7 @@ class FixedKvEngine:
 
     def _release(self, sequence: Sequence) -> None:
         self.pool.release(sequence.blocks)
-        self.index_table[sequence.row].fill_(self.pool.trash)
+        self.block_table[sequence.row].fill_(self.pool.trash_block)
         self._free_rows.append(sequence.row)
         sequence.blocks, sequence.row = [], -1
 
@@ -149,19 +155,20 @@ class FixedKvEngine:
                 return
             self.waiting.popleft()
             head.blocks, head.row = blocks, self._free_rows.popleft()
-            slots = self.pool.slots(blocks, head.reserved_tokens)
-            self.index_table[head.row, : len(slots)] = slots.to(self.device)
+            ids = torch.tensor(blocks, dtype=torch.long)
+            self.block_table[head.row, : len(blocks)] = ids.to(self.device)
             self.running.append(head)
         self.counters.peak_batch = max(self.counters.peak_batch, len(self.running))
 
     # ------------------------------------------------------------------ forwards
 
     def _decode(self, batch: list[Sequence]) -> None:
-        lengths = [s.next_position + 1 for s in batch]
+        # what each row gathers: its keys in whole blocks
+        lengths = [(s.next_position // BLOCK_SIZE + 1) * BLOCK_SIZE for s in batch]
         for group in decode_groups(lengths, self.decode_keys):
             rows = [batch[i] for i in group]
             forward = decode_forward(
-                self.index_table,
+                self.block_table,
                 [s.row for s in rows],
                 [s.generated[-1] for s in rows],
                 [s.next_position for s in rows],
@@ -183,7 +190,7 @@ class FixedKvEngine:
             s = candidates[i]
             chunks.append(Chunk(s.row, s.prompt_ids[s.prefilled : s.prefilled + n], s.prefilled))
         logits = self._forward(
-            prefill_forward(self.index_table, chunks, self.pool.trash, self.groups)
+            prefill_forward(self.block_table, chunks, self.pool.trash, self.groups)
         )
         done_rows = []
         for j, (i, n) in enumerate(plan):
@@ -201,7 +208,7 @@ class FixedKvEngine:
     def _forward(self, forward: Forward) -> torch.Tensor:
         """The model's own forward over the pool; the logits of each row's last position."""
         self.counters.forward_passes += 1
-        self.cache.set_step(forward.write_index, forward.read_index)
+        self.cache.set_step(forward.write_slots, forward.read_blocks)
         out = self.model(
             input_ids=forward.input_ids,
             position_ids=forward.positions,

@@ -1,10 +1,14 @@
 """The KV pool: one tensor allocated at start, cut into blocks that requests reserve whole.
 
-`storage[layer, 0 | 1, slot, kv_head, dim]` holds K and V for `num_blocks x BLOCK_SIZE` token
-slots plus one trash slot at the end. A request reserves the blocks for its prompt + max_tokens
-before it runs, so a running request never waits for memory and nothing is allocated mid-stream.
-`PoolCache` is what the model sees as its cache: the attention layers call its `update()`, which
-writes the step's new K/V into the pool and returns every key each row attends to.
+`storage[layer, 0 | 1, slot, kv_head, dim]` holds K and V for `num_blocks + 1` blocks of
+BLOCK_SIZE token slots; the last block is trash: padded queries write to it and padded reads
+come from it (masked). A request reserves the blocks for its prompt + max_tokens before it runs,
+so a running request never waits for memory and nothing is allocated mid-stream. `PoolCache` is
+what the model sees as its cache: the attention layers call its `update()`, which writes the
+step's new K/V into their token slots and returns every key each row attends to, gathered a
+whole block at a time (a 16-token block is one contiguous row of the pool) into two buffers
+allocated at start and reused by every layer: a fresh 3 MB tensor per layer cost page faults on
+cpu, 3.9-6.2 ms of gather a step at 32 rows x 800 keys against 1.2-1.4 ms into the buffers.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ class KvPool:
             raise ValueError("the KV pool needs at least one block")
         self.shape = shape
         self.num_blocks = num_blocks
-        self.capacity = num_blocks * BLOCK_SIZE
-        self.trash = self.capacity  # padded queries write here; masked reads come from here
+        self.capacity = num_blocks * BLOCK_SIZE  # tokens requests can reserve
+        self.trash_block = num_blocks
+        self.trash = num_blocks * BLOCK_SIZE  # the token slot padded queries write to
         # zeros, not empty: the memory is committed now (RSS or cudaMalloc at start, never at
-        # the first long prompt), and the trash slot holds finite values for masked reads.
+        # the first long prompt), and the trash block holds finite values for masked reads.
         self.storage = torch.zeros(
-            (shape.layers, 2, self.capacity + 1, shape.kv_heads, shape.head_dim),
+            (shape.layers, 2, (num_blocks + 1) * BLOCK_SIZE, shape.kv_heads, shape.head_dim),
             dtype=dtype,
             device=device,
         )
@@ -65,24 +70,30 @@ class KvPool:
     def release(self, blocks: list[int]) -> None:
         self._free.extend(blocks)
 
-    @staticmethod
-    def slots(blocks: list[int], tokens: int) -> torch.Tensor:
-        """The pool slot of each position 0..tokens-1 of a request holding `blocks`."""
-        starts = torch.tensor(blocks, dtype=torch.long) * BLOCK_SIZE
-        return (starts[:, None] + torch.arange(BLOCK_SIZE)).reshape(-1)[:tokens]
-
 
 class PoolCache:
     """The cache object handed to the model's forward (duck-typed: transformers' attention
     calls `update(key_states, value_states, layer_idx, ...)` and attends to what it returns)."""
 
-    def __init__(self, pool: KvPool) -> None:
+    def __init__(self, pool: KvPool, gather_tokens: int) -> None:
         self.pool = pool
-        self.write_index = torch.empty(0, dtype=torch.long)  # [rows x queries] slots to write
-        self.read_index = torch.empty(0, 0, dtype=torch.long)  # [rows, keys] slots to attend to
+        self.write_slots = torch.empty(0, dtype=torch.long)  # [rows x queries] token slots
+        self.read_blocks = torch.empty(0, 0, dtype=torch.long)  # [rows, blocks] to attend to
+        shape, storage = pool.shape, pool.storage
+        row = BLOCK_SIZE * shape.kv_heads * shape.head_dim
+        blocks = -(-gather_tokens // BLOCK_SIZE)
+        # The most keys one forward gathers (the engine splits a step that would gather more):
+        # zeros, so the memory is committed at start like the pool's.
+        self._buffers = tuple(
+            torch.zeros((blocks, row), dtype=storage.dtype, device=storage.device) for _ in "kv"
+        )
 
-    def set_step(self, write_index: torch.Tensor, read_index: torch.Tensor) -> None:
-        self.write_index, self.read_index = write_index, read_index
+    @property
+    def buffer_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers)
+
+    def set_step(self, write_slots: torch.Tensor, read_blocks: torch.Tensor) -> None:
+        self.write_slots, self.read_blocks = write_slots, read_blocks
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
@@ -93,15 +104,23 @@ class PoolCache:
         values = self.pool.storage[layer_idx, 1]
         new_keys = key_states.transpose(1, 2).reshape(rows * queries, heads, dim)
         new_values = value_states.transpose(1, 2).reshape(rows * queries, heads, dim)
-        keys.index_copy_(0, self.write_index, new_keys.to(keys.dtype))
-        values.index_copy_(0, self.write_index, new_values.to(values.dtype))
-        # One gather per layer: [rows, L, heads, dim] viewed as [rows, heads, L, dim].
-        # index_select on the flat index is 3-4x faster than advanced indexing on cpu.
-        n, length = self.read_index.shape
-        flat = self.read_index.reshape(-1)
-        k = keys.index_select(0, flat).view(n, length, heads, dim).transpose(1, 2)
-        v = values.index_select(0, flat).view(n, length, heads, dim).transpose(1, 2)
-        return k.to(key_states.dtype), v.to(value_states.dtype)
+        keys.index_copy_(0, self.write_slots, new_keys.to(keys.dtype))
+        values.index_copy_(0, self.write_slots, new_values.to(values.dtype))
+        k, v = self._buffers
+        return self._gather(keys, k, key_states.dtype), self._gather(values, v, value_states.dtype)
+
+    def _gather(
+        self, slots: torch.Tensor, buffer: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Each row's blocks, in order, as [rows, heads, blocks x BLOCK_SIZE, dim]: a view of
+        the buffer (sdpa accepts the strides), overwritten by the next layer's gather."""
+        n, blocks = self.read_blocks.shape
+        heads, dim = slots.shape[1:]
+        by_block = slots.view(-1, BLOCK_SIZE * heads * dim)
+        picked = torch.index_select(
+            by_block, 0, self.read_blocks.reshape(-1), out=buffer[: n * blocks]
+        )
+        return picked.view(n, blocks * BLOCK_SIZE, heads, dim).transpose(1, 2).to(dtype)
 
     # What some transformers code paths ask a cache; the engine passes positions and masks
     # itself, so nothing depends on these answers.

@@ -29,10 +29,10 @@ QWEN3_8B = EngineShape(
 LIMITS = EngineLimits(max_batch=64, prefill_chunk_tokens=512, max_context=40960)
 
 
-def test_the_pool_is_whole_blocks_plus_one_trash_slot() -> None:
+def test_the_pool_is_whole_blocks_plus_one_trash_block() -> None:
     per_token = 36 * 2 * 8 * 128 * 2
     assert QWEN3_8B.kv_bytes_per_token == per_token
-    assert pool_bytes(QWEN3_8B, 10) == (10 * BLOCK_SIZE + 1) * per_token
+    assert pool_bytes(QWEN3_8B, 10) == (10 + 1) * BLOCK_SIZE * per_token
     assert pool_blocks(QWEN3_8B, pool_bytes(QWEN3_8B, 10)) == 10  # the emit round trip
     assert pool_blocks(QWEN3_8B, pool_bytes(QWEN3_8B, 10) - 1) == 9
 
@@ -52,7 +52,7 @@ def test_the_workspace_grows_with_the_batch_and_the_chunk() -> None:
     long_chunk = workspace(QWEN3_8B, EngineLimits(64, 4096, 40960), pool)
     assert wide.decode_bytes > small.decode_bytes
     assert long_chunk.prefill_bytes > small.prefill_bytes
-    assert wide.index_table_bytes == 256 * 40960 * 8
+    assert wide.block_table_bytes == 256 * (40960 // 16) * 8
 
 
 def test_capplan_on_a_gpu_plans_vllms_share_and_emits_the_pool() -> None:

@@ -47,7 +47,7 @@ def engine_for(model, *, max_batch: int, chunk: int, blocks: int) -> FixedKvEngi
     limits = EngineLimits(max_batch=max_batch, prefill_chunk_tokens=chunk, max_context=4096)
     per_token = 2 * 2 * 2 * 16 * 4  # layers x K,V x kv_heads x head_dim x fp32
     engine, _ = build_engine(
-        model, limits, eos_token_ids=set(), kv_cache_memory=(blocks * BLOCK_SIZE + 1) * per_token
+        model, limits, eos_token_ids=set(), kv_cache_memory=(blocks + 1) * BLOCK_SIZE * per_token
     )
     return engine
 
@@ -112,4 +112,4 @@ def test_a_request_larger_than_the_pool_is_refused_and_one_that_does_not_fit_yet
 def test_the_pool_is_exactly_the_estimators_bytes() -> None:
     engine = engine_for(build_model(), max_batch=4, chunk=64, blocks=10)
     assert engine.pool.nbytes == pool_bytes(engine.pool.shape, 10)
-    assert engine.pool.nbytes == (10 * 16 + 1) * 512
+    assert engine.pool.nbytes == (10 + 1) * 16 * 512

@@ -159,9 +159,9 @@ def test_a_running_stream_keeps_its_pace_while_eight_long_prompts_join(
 def test_a_request_larger_than_the_pool_is_400_and_one_that_must_wait_is_queued(
     big_vocab_model: Path,
 ) -> None:
-    # 150 blocks of 16 tokens (2,400 tokens; 512 bytes a token, one trash slot): two requests
+    # 150 blocks of 16 tokens (2,400 tokens; 512 bytes a token, one trash block): two requests
     # of 1,000 + 200 tokens fill it, a third waits, one of 2,000 + 500 could never run.
-    pool = (150 * 16 + 1) * 512
+    pool = (150 + 1) * 16 * 512
     with server_process(
         "--model", str(big_vocab_model), "--kv-cache-memory", str(pool),
         "--max-concurrent", "8", "--queue-size", "8", "--queue-timeout", "300",

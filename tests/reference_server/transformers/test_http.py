@@ -168,6 +168,20 @@ def test_stats_show_the_real_backend_and_its_batching(client: httpx.Client) -> N
     assert details["batch_stats"]["decode_steps"] > 0  # live figures from the engine
     assert details["batch_stats"]["running"] == 0
     assert stats["memory"]["kind"] == "process_rss"
+    kv = stats["kv_cache"]  # the pool, allocated at start: blocks, reserved and held
+    assert kv["num_blocks"] * kv["block_size"] == kv["tokens"] == details["kv_cache"]["tokens"]
+    assert (kv["reserved_blocks"], kv["used_blocks"], kv["usage"]) == (0, 0, 0.0)
+
+
+def test_metrics_report_the_kv_cache_with_vllms_names(client: httpx.Client) -> None:
+    kv = client.get("/stats").json()["kv_cache"]
+    text = client.get("/metrics").text
+    assert 'capplan:kv_cache_usage_perc{model_name="capplan-tiny-qwen3"} 0.0' in text
+    config = (
+        f'capplan:cache_config_info{{block_size="16",model_name="capplan-tiny-qwen3",'
+        f'num_gpu_blocks="{kv["num_blocks"]}"}} 1.0'
+    )
+    assert config in text
 
 
 def test_dropped_stream_stops_generation_and_frees_slot(server, client: httpx.Client) -> None:
