@@ -1,9 +1,9 @@
 """Batching benchmark on the embedded tiny model, measured side by side in one run.
 
-1. one-at-a-time (`max_batch=1`) vs padded dynamic batching (`max_batch=16`, with the default
+1. one-at-a-time (`max_batch=1`) vs the batching engine (`max_batch=16`, with the default
    5 ms batch window and with none) at concurrency 1, 4 and 16, through the backend
    (`--via backend`, default) or the real HTTP server (`--via http`, streamed, 127.0.0.1 only);
-2. padded dynamic batching vs transformers' own continuous batching
+2. the batching engine vs transformers' own continuous batching
    (`ContinuousBatchingManager` from `model.init_continuous_batching()`, streaming requests),
    at the same concurrencies (backend level only).
 
@@ -199,8 +199,8 @@ async def run_all(args: argparse.Namespace) -> list[Measurement]:
     async with AsyncExitStack() as stack:
         contenders: dict[str, Generate] = {
             "one-at-a-time": await backend_contender(stack, args, 1),
-            "padded dynamic": await backend_contender(stack, args, 16),
-            "padded dynamic, no batch window": await backend_contender(stack, args, 16, 0.0),
+            "batched": await backend_contender(stack, args, 16),
+            "batched, no batch window": await backend_contender(stack, args, 16, 0.0),
         }
         if not args.skip_continuous:
             continuous = ContinuousBatchingClient(args.max_tokens, args.device)
@@ -269,10 +269,10 @@ def main() -> None:
     measurements = asyncio.run(run_all(args))
     serial = [m for m in measurements if m.mode != "transformers continuous"]
     print(table("batched vs one-at-a-time", serial, "one-at-a-time"))
-    versus = [m for m in measurements if m.mode in ("padded dynamic", "transformers continuous")]
+    versus = [m for m in measurements if m.mode in ("batched", "transformers continuous")]
     if not args.skip_continuous:
         print()
-        print(table("padded dynamic vs transformers continuous batching", versus, "padded dynamic"))
+        print(table("the engine vs transformers continuous batching", versus, "batched"))
     if args.json:
         with open(args.json, "w") as out:
             json.dump([asdict(m) for m in measurements], out, indent=2)

@@ -23,12 +23,15 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 
-def load_tokenizer() -> PreTrainedTokenizerFast:
-    """The embedded model's tokenizer (a transformers fast tokenizer)."""
+def load_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """The embedded model's tokenizer (a transformers fast tokenizer). `vocab_size` pads its
+    vocabulary with tokens `<id>` that text never encodes to (no merges) but that decode, for
+    a model with a real checkpoint's vocabulary (tiny_model.build_model(vocab_size=...))."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(vocabulary())}
+    vocab.update({f"<{i}>": i for i in range(len(vocab), vocab_size or 0)})
     # No merges: BPE over single characters, so one character is one token.
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK_TOKEN))
     core.decoder = decoders.Fuse()

@@ -88,9 +88,30 @@ class ServerSettings:
     drain_timeout_s: float = _setting(
         30.0, "Time to finish work on SIGTERM.", unit="s", emit=True
     )
-    # batching (transformers backend)
+    # the transformers backend's engine
+    engine: str = _setting("auto", "fixed (a KV pool fixed at start); auto: fixed on every device.")
     max_batch: int = _setting(8, "Requests decoded in one batch.", emit=True)
     batch_wait_ms: float = _setting(5.0, "Wait to fill a batch.", unit="ms", emit=True)
+    kv_cache_memory: int | None = _setting(
+        None,
+        "KV cache allocated at start; default: from --gpu-memory-utilization on cuda, room for "
+        "max_batch full-context requests (at most 4 GiB) on cpu.",
+        unit="bytes",
+        emit=True,
+    )
+    gpu_memory_utilization: float | None = _setting(
+        None,
+        "Share of the GPU for weights, KV cache and workspace when --kv-cache-memory is not "
+        "set (cuda; default 0.9).",
+        unit="fraction",
+    )
+    prefill_chunk_tokens: int | None = _setting(
+        None,
+        "Prompt tokens per prefill forward: while prompts join, a running stream waits at most "
+        "one decode step plus one chunk; default 2048 on cuda, 512 on cpu.",
+        unit="tokens",
+        emit=True,
+    )
     # emulated backend
     gpu: str | None = _setting(None, "Emulated: catalog GPU id for roofline timing.")
     emulated_model: str | None = _setting(None, "Emulated: catalog model id.")

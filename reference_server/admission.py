@@ -4,6 +4,11 @@ At most `max_concurrent` requests hold a slot; up to `queue_size` more wait, fir
 served, each at most `queue_timeout_s`. Anything beyond is refused at once with a Retry-After
 estimated from recent service times, so a client backs off for about as long as the queue needs
 to drain instead of hammering the server.
+
+With a KV pool (`set_kv_pool`, a backend that allocates its KV cache at start) a slot also needs
+the blocks for the request's prompt + max_tokens: the gate counts the blocks it has handed out,
+and a request whose blocks are not free waits in the same queue (no overtaking), so the backend
+never runs out of KV and the wait is bounded by the same queue size and timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from reference_server.backend import KvPoolInfo
 
 
 class Rejected(Exception):
@@ -72,6 +79,26 @@ class AdmissionGate:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._service_s = 1.0  # moving average of slot hold time, seeds Retry-After
         self.draining = False
+        self.kv_pool: KvPoolInfo | None = None
+        self.kv_blocks_reserved = 0  # blocks of the KV pool held by admitted requests
+        self._blocks: dict[asyncio.Future[None], int] = {}  # each waiter's blocks
+
+    def set_kv_pool(self, pool: KvPoolInfo | None) -> None:
+        """Count KV blocks from now on (the backend's pool is known once it started)."""
+        self.kv_pool = pool
+
+    def _cost(self, kv_tokens: int) -> int:
+        return self.kv_pool.blocks_for(kv_tokens) if self.kv_pool is not None and kv_tokens else 0
+
+    def _fits(self, blocks: int) -> bool:
+        if self.running >= self.max_concurrent:
+            return False
+        pool = self.kv_pool
+        return pool is None or self.kv_blocks_reserved + blocks <= pool.num_blocks
+
+    def _take(self, blocks: int) -> None:
+        self.running += 1
+        self.kv_blocks_reserved += blocks
 
     @property
     def queued(self) -> int:
@@ -89,11 +116,14 @@ class AdmissionGate:
         estimate = self._service_s * ahead / self.max_concurrent
         return max(1, min(120, math.ceil(estimate)))
 
-    async def acquire(self) -> float:
+    async def acquire(self, kv_tokens: int = 0) -> float:
+        """Wait for a slot (and, with a KV pool, the blocks of `kv_tokens` tokens); returns the
+        seconds waited. Pair it with one `release(..., kv_tokens=)` of the same tokens."""
         if self.draining:
             raise Draining("server is shutting down", retry_after_s=self.retry_after_s())
-        if self.running < self.max_concurrent and not self._waiters:
-            self.running += 1
+        blocks = self._cost(kv_tokens)
+        if not self._waiters and self._fits(blocks):
+            self._take(blocks)
             self._changed()
             return 0.0
         if len(self._waiters) >= self.queue_size:
@@ -104,16 +134,18 @@ class AdmissionGate:
         start = time.monotonic()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._blocks[waiter] = blocks
         self._changed()
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout=self.queue_timeout_s)
         except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 # The slot was handed over just as we gave up: pass it on.
-                self.release()
+                self.release(kv_tokens=kv_tokens)
             else:
                 waiter.cancel()
                 self._remove(waiter)
+                self._grant()  # the head may have been blocking smaller requests behind it
                 self._changed()
             if isinstance(exc, asyncio.TimeoutError):
                 raise QueueTimeout(
@@ -121,6 +153,8 @@ class AdmissionGate:
                     retry_after_s=self.retry_after_s(),
                 ) from None
             raise
+        finally:
+            self._blocks.pop(waiter, None)
         self._changed()
         return time.monotonic() - start
 
@@ -132,17 +166,13 @@ class AdmissionGate:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
 
-    def release(self, held_s: float | None = None) -> None:
-        """Free a slot (handing it straight to the oldest waiter, if any)."""
+    def release(self, held_s: float | None = None, kv_tokens: int = 0) -> None:
+        """Free a slot and its KV blocks, handing them straight to the oldest waiters that fit."""
         if held_s is not None:
             self._service_s = 0.8 * self._service_s + 0.2 * max(held_s, 0.001)
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot changes hands; `running` stays the same
-                self._changed()
-                return
         self.running -= 1
+        self.kv_blocks_reserved -= self._cost(kv_tokens)
+        self._grant()
         self._changed()
 
     def refuse_waiters(self, message: str) -> int:
@@ -156,13 +186,27 @@ class AdmissionGate:
         self._changed()
         return refused
 
+    def _grant(self) -> None:
+        """Admit waiters from the head of the queue while their slot and blocks are free."""
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            blocks = self._blocks.get(waiter, 0)
+            if not self._fits(blocks):
+                return
+            self._waiters.popleft()
+            self._take(blocks)
+            waiter.set_result(None)
+
 
 class OpenGate(AdmissionGate):
     """Admits everything at once and counts nothing: the baseline the gate's cost is measured
     against. Never used to serve."""
 
-    async def acquire(self) -> float:
+    async def acquire(self, kv_tokens: int = 0) -> float:
         return 0.0
 
-    def release(self, held_s: float | None = None) -> None:
+    def release(self, held_s: float | None = None, kv_tokens: int = 0) -> None:
         return None

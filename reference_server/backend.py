@@ -46,6 +46,22 @@ class BackendOutOfMemory(RuntimeError):
     """Generation ran out of accelerator memory (real CUDA OOM or emulated). The app answers 503."""
 
 
+@dataclass(frozen=True)
+class KvPoolInfo:
+    """A KV cache allocated once at start: the server admits a request only when the blocks for
+    its prompt + max_tokens are free (`AdmissionGate`), so generation never runs out of it."""
+
+    block_size: int
+    num_blocks: int
+
+    @property
+    def tokens(self) -> int:
+        return self.block_size * self.num_blocks
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+
 @dataclass
 class BackendInfo:
     name: str  # "transformers" | "emulated"
@@ -57,6 +73,7 @@ class BackendInfo:
     # The longest token's text, in characters (None: unbounded). A prompt longer than
     # max_context x this cannot fit, so the server refuses it before tokenizing.
     max_token_chars: int | None = None
+    kv_pool: KvPoolInfo | None = None  # set by start() when the backend has a fixed KV pool
 
 
 @runtime_checkable

@@ -44,6 +44,16 @@ def validate(config: ServerSettings) -> None:
     for name in non_negative:
         if getattr(config, name) < 0:
             raise InputError(f"{name} must be 0 or more, got {getattr(config, name)}")
+    if config.engine not in ("auto", "fixed"):
+        raise InputError(f"engine must be auto or fixed, got {config.engine!r}")
+    chunk = config.prefill_chunk_tokens
+    if chunk is not None and chunk < 1:
+        raise InputError(f"prefill_chunk_tokens must be at least 1, got {chunk}")
+    if config.kv_cache_memory is not None and config.kv_cache_memory < 1:
+        raise InputError(f"kv_cache_memory must be at least 1 byte, got {config.kv_cache_memory}")
+    utilization = config.gpu_memory_utilization
+    if utilization is not None and not 0 < utilization <= 1:
+        raise InputError(f"gpu_memory_utilization is a fraction in (0, 1], got {utilization}")
     if config.vram_guard is not None and not 0 < config.vram_guard <= 1:
         raise InputError(f"vram_guard is a fraction in (0, 1], got {config.vram_guard}")
     for name in ("header_timeout_s", "body_timeout_s"):
@@ -85,7 +95,8 @@ def replace(config: ServerSettings, **changes: Any) -> ServerSettings:
 _PER_REQUEST = ("header_timeout_s", "body_timeout_s", "max_body_bytes", "max_prompt_chars",
                 "queue_timeout_s", "request_timeout_s", "max_tokens_cap", "max_context",
                 "strict")  # fmt: skip
-_PER_WORKER = ("max_concurrent", "queue_size", "max_batch", "batch_wait_ms")
+_PER_WORKER = ("max_concurrent", "queue_size", "max_batch", "batch_wait_ms", "kv_cache_memory",
+               "prefill_chunk_tokens")  # fmt: skip
 
 
 @dataclass(frozen=True)

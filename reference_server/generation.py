@@ -62,12 +62,14 @@ class GenerationRun:
         timeout_s: float,
         outcomes: dict[str, int],
         live: set[GenerationRun] | None = None,
+        kv_tokens: int = 0,
     ) -> None:
         self._events = events
         self._gate = gate
         self._metrics = metrics
         self._cuda = cuda
         self._outcomes = outcomes
+        self.kv_tokens = kv_tokens  # KV tokens the gate reserved for it, freed with its slot
         self.arrival = arrival
         self.admitted = admitted
         self.deadline = admitted + timeout_s
@@ -170,7 +172,7 @@ class GenerationRun:
         self._closed = True
         self._live.discard(self)
         now = time.monotonic()
-        self._gate.release(held_s=now - self.admitted)
+        self._gate.release(held_s=now - self.admitted, kv_tokens=self.kv_tokens)
         self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
         m, name = self._metrics, self._metrics.model_name
         generated = self.completion_tokens

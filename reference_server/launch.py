@@ -19,6 +19,8 @@ from typing import Any
 from capplan.settings import ServerSettings
 
 CONFIG_ENV = "CAPPLAN_SERVER_CONFIG_JSON"  # the resolved config, handed to gunicorn workers
+ALLOC_CONF_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
 DEFAULT_EMULATED_TTFT_MS = 50.0
 DEFAULT_EMULATED_TPOT_MS = 10.0
 
@@ -59,7 +61,23 @@ def build_backend(config: ServerSettings) -> Any:
         device=config.device,
         max_batch=config.max_batch,
         batch_wait_ms=config.batch_wait_ms,
+        engine=config.engine,
+        kv_cache_memory=config.kv_cache_memory,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        prefill_chunk_tokens=config.prefill_chunk_tokens,
     )
+
+
+def use_expandable_segments(environ: dict[str, str] | None = None) -> None:
+    """`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` unless the user set the variable.
+
+    The engine's transient tensors change shape every step; with expandable segments the
+    caching allocator maps and unmaps pages of one segment instead of caching fixed-size blocks
+    it cannot reuse, so what the GPU shows stays near what is allocated (the estimate). CUDA
+    reads the variable when it first allocates: this runs before the backend is built.
+    """
+    env = os.environ if environ is None else environ
+    env.setdefault(ALLOC_CONF_ENV, EXPANDABLE_SEGMENTS)
 
 
 def build_app(config: ServerSettings) -> Any:
@@ -79,6 +97,7 @@ def app_from_environment() -> Any:
     """App factory for gunicorn workers (and `uvicorn --factory`): config from CONFIG_ENV."""
     from reference_server.config import resolve_config
 
+    use_expandable_segments()
     raw = os.environ.get(CONFIG_ENV)
     if raw:
         return build_app(ServerSettings(**json.loads(raw)))
@@ -87,6 +106,7 @@ def app_from_environment() -> Any:
 
 def serve(settings: ServerSettings, say: Callable[[str], None]) -> None:
     """Run the server `settings` describe; `say` prints the start banner once it listens."""
+    use_expandable_segments()  # before anything touches CUDA; gunicorn workers inherit it
 
     def on_listening(url: str) -> None:
         say("\n".join(start_banner(settings, url)))

@@ -102,6 +102,16 @@ class ServerMetrics:
             registry=r, multiprocess_mode="max",
         )  # fmt: skip
 
+        self.kv_cache_usage = Gauge(
+            "capplan:kv_cache_usage_perc",
+            "Fraction of the KV pool's blocks held by running requests (1 = full).", labels,
+            registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.cache_config = Gauge(
+            "capplan:cache_config_info", "The KV pool: block size and blocks, as labels.",
+            [*labels, "block_size", "num_gpu_blocks"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+
     def set_queue(self, running: int, waiting: int) -> None:
         self.running.labels(self.model_name).set(running)
         self.waiting.labels(self.model_name).set(waiting)
@@ -110,6 +120,12 @@ class ServerMetrics:
         self.rejections.labels(self.model_name, reason).inc()
 
     def set_memory(self, stats: dict[str, Any]) -> None:
+        kv = stats.get("kv_cache")
+        if isinstance(kv, dict):
+            self.kv_cache_usage.labels(self.model_name).set(kv["usage"])
+            self.cache_config.labels(
+                self.model_name, str(kv["block_size"]), str(kv["num_blocks"])
+            ).set(1)
         # On cpu the backend reports the process's RSS: that is no GPU memory, so the GPU gauges
         # stay empty rather than look like a card filling up (/stats still shows the RSS).
         if stats.get("kind") == "process_rss":

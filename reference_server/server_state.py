@@ -122,6 +122,7 @@ class ServerState:
             self.start_error = f"{type(exc).__name__}: {exc}"
             log.exception("backend failed to start")
             return
+        self.gate.set_kv_pool(self.backend.info.kv_pool)
         self.ready = True
 
     def stats(self) -> dict[str, Any]:
@@ -172,6 +173,24 @@ class ServerState:
             "rate_limit_storage_errors": self.rate_limit_storage_errors,
             "retry_after_s": self.gate.retry_after_s(),
             "memory": memory,
+            "kv_cache": self._kv_cache(memory),
+        }
+
+    def _kv_cache(self, memory: dict[str, Any]) -> dict[str, Any] | None:
+        """The KV pool as admission sees it (blocks reserved for admitted requests) and as the
+        backend does (blocks held by running ones); None without a fixed pool."""
+        pool = self.gate.kv_pool
+        if pool is None:
+            return None
+        held = memory.get("kv_cache") or {}
+        return {
+            "block_size": pool.block_size,
+            "num_blocks": pool.num_blocks,
+            "tokens": pool.tokens,
+            "reserved_blocks": self.gate.kv_blocks_reserved,
+            "used_blocks": held.get("used_blocks"),
+            "usage": held.get("usage"),
+            "pool_bytes": held.get("pool_bytes"),
         }
 
     def _process(self) -> dict[str, Any]:
@@ -256,6 +275,9 @@ class ServerState:
     ) -> tuple[int, dict[str, str]]:
         """Effective max_tokens and the headers that report a clamp."""
         cap, context = self.config.max_tokens_cap, self.max_context
+        pool = self.backend.info.kv_pool
+        if pool is not None and pool.tokens < context:
+            context = pool.tokens  # a request must fit the KV cache as well as the context
         if prompt_tokens == 0:
             raise ApiError(400, "prompt is empty", reason="invalid", param="prompt")
         requested = parsed.requested_max_tokens()
@@ -278,6 +300,13 @@ class ServerState:
                 )  # fmt: skip
             headers["x-capplan-max-tokens-clamped"] = f"{requested}->{cap}"
             requested = cap
+        if pool is not None and prompt_tokens + requested > pool.tokens:
+            raise ApiError(
+                400, f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) is more than "
+                f"the server's KV cache holds ({pool.tokens} tokens), so it could never run; "
+                "shorten the prompt or lower max_tokens", reason="kv_too_large",
+                param="max_tokens",
+            )  # fmt: skip
         if prompt_tokens + requested > context:
             raise ApiError(
                 400, f"prompt ({prompt_tokens} tokens) + max_tokens ({requested}) is over the "
@@ -307,8 +336,9 @@ class ServerState:
 
     async def admit(self, gen: GenerationRequest, arrival: float) -> GenerationRun:
         """Take a slot, pass the VRAM guard, start generating and wait for the first event."""
+        kv_tokens = len(gen.prompt_ids) + gen.max_tokens
         try:
-            queue_s = await self.gate.acquire()
+            queue_s = await self.gate.acquire(kv_tokens)
         except asyncio.CancelledError:
             self.count("client_disconnect")  # gone while queued; no run to count it
             raise
@@ -329,6 +359,7 @@ class ServerState:
             timeout_s=self.config.request_timeout_s,
             outcomes=self.outcomes,
             live=self.runs,
+            kv_tokens=kv_tokens,
         )
         try:
             if self.vram_guard is not None:

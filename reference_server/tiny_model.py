@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from transformers import Qwen3ForCausalLM
 
 SEED = 20240611
+# Qwen2/Qwen3's vocabulary: `build_model(vocab_size=BIG_VOCAB)` has a real checkpoint's logits
+# and sampling cost (the head and the softmax over 151,936 tokens) on the tiny body.
+BIG_VOCAB = 151_936
 
 # The residual stream carries this constant in dimension 0 and the head rows of the special tokens
 # (eos among them) read it negatively, so the random model (almost) never emits one: every token is
@@ -34,15 +37,16 @@ _SPECIAL_SUPPRESSION = 8.0
 _SPECIAL_TOKENS = (UNK_TOKEN, PAD_TOKEN, IM_START, IM_END)
 
 
-def build_model() -> Qwen3ForCausalLM:
-    """The embedded model with its seeded weights, in eval mode on cpu (float32)."""
+def build_model(vocab_size: int | None = None) -> Qwen3ForCausalLM:
+    """The embedded model with its seeded weights, in eval mode on cpu (float32); with
+    `vocab_size`, the same body with a larger vocabulary (the extra tokens decode as `<id>`)."""
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     vocab = vocabulary()
     eos_id = vocab.index(IM_END)
     config = Qwen3Config(
-        vocab_size=len(vocab),
+        vocab_size=max(len(vocab), vocab_size or 0),
         pad_token_id=vocab.index(PAD_TOKEN),
         eos_token_id=eos_id,
         bos_token_id=None,
@@ -69,10 +73,10 @@ def build_model() -> Qwen3ForCausalLM:
     return model.eval()
 
 
-def save_tiny_model(directory: str | Path) -> Path:
+def save_tiny_model(directory: str | Path, vocab_size: int | None = None) -> Path:
     """Write the embedded model as an ordinary local model directory (config, weights, vocab)."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    build_model().save_pretrained(path)
-    load_tokenizer().save_pretrained(path)
+    build_model(vocab_size).save_pretrained(path)
+    load_tokenizer(vocab_size).save_pretrained(path)
     return path

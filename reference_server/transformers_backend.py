@@ -1,7 +1,9 @@
 """The `transformers` backend: a local model directory, or the embedded tiny model.
 
-Forward passes run on the batching engine's own thread (`reference_server.batching`); the event
-loop only tokenizes prompts and relays events. Nothing is downloaded and no remote code runs.
+Forward passes run on the engine's own thread (`reference_server.engine`): a KV pool allocated
+once at start, requests admitted by reserving their prompt + max_tokens in it, prompts prefilled in
+chunks between decode steps. The event loop only tokenizes prompts and relays events. Nothing is
+downloaded and no remote code runs.
 """
 
 from __future__ import annotations
@@ -12,17 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from capplan.errors import InputError
+from capplan.estimate.memory_capplan import BLOCK_SIZE, EngineLimits, default_prefill_chunk
 from reference_server.backend import (
     BackendInfo,
     Finished,
     GenerationEvent,
     GenerationRequest,
+    KvPoolInfo,
     TokenDelta,
 )
-from reference_server.batching import BatchingEngine, EngineEvent, Sequence
+from reference_server.engine.runner import EngineThread
+from reference_server.engine.sequence import EngineEvent, Sequence
 from reference_server.text_stream import TextStream
 
 WARMUP_PROMPT = "Warm-up: the quick brown fox."
+ENGINES = ("auto", "fixed")
 
 
 class TransformersBackend:
@@ -35,6 +41,10 @@ class TransformersBackend:
         device: str | None = None,
         max_batch: int = 8,
         batch_wait_ms: float = 5.0,
+        engine: str = "auto",
+        kv_cache_memory: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        prefill_chunk_tokens: int | None = None,
     ) -> None:
         if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
             raise InputError(
@@ -43,12 +53,17 @@ class TransformersBackend:
             )
         if max_batch < 1:
             raise InputError(f"max_batch must be at least 1, got {max_batch}")
+        if engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         self.model_dir = model_dir
         self.max_batch = max_batch
         self.batch_wait_ms = batch_wait_ms
+        self.kv_cache_memory = kv_cache_memory
+        self.gpu_memory_utilization = gpu_memory_utilization
         self._device = device or _default_device()
+        self.prefill_chunk_tokens = prefill_chunk_tokens or default_prefill_chunk(self._device)
         self._tokenizer: Any = None
-        self._engine: BatchingEngine | None = None
+        self._engine: EngineThread | None = None
         model_id = Path(model_dir).name if model_dir else _embedded_model_id()
         self.info = BackendInfo(
             name="transformers",
@@ -58,9 +73,11 @@ class TransformersBackend:
             details={
                 "model_dir": model_dir,
                 "embedded": model_dir is None,
-                "batching": "padded dynamic (left padding, join at step boundaries)",
+                "engine": "fixed",  # the one engine, on every device (docs/server.md)
+                "batching": "continuous over a fixed KV pool, chunked prefill",
                 "max_batch": max_batch,
                 "batch_wait_ms": batch_wait_ms,
+                "prefill_chunk_tokens": self.prefill_chunk_tokens,
             },
         )
 
@@ -78,7 +95,7 @@ class TransformersBackend:
         async for _ in self.generate(warmup):
             pass
 
-    def _load(self) -> BatchingEngine:
+    def _load(self) -> EngineThread:
         import torch
 
         tokenizer: Any
@@ -108,20 +125,37 @@ class TransformersBackend:
         max_context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.info.max_context = max_context
         self.info.details["dtype"] = str(model.dtype).removeprefix("torch.")
-        return BatchingEngine(
+        return self._build_engine(model, tokenizer, max_context)
+
+    def _build_engine(self, model: Any, tokenizer: Any, max_context: int) -> EngineThread:
+        """The KV pool for this device, allocated now, and the engine over it."""
+        from reference_server.engine.build import build_engine
+
+        engine, choice = build_engine(
             model,
-            device=self._device,
+            EngineLimits(self.max_batch, self.prefill_chunk_tokens, max_context),
             eos_token_ids=_eos_token_ids(model, tokenizer),
-            max_context=max_context,
-            max_batch=self.max_batch,
-            batch_wait_ms=self.batch_wait_ms,
+            kv_cache_memory=self.kv_cache_memory,
+            gpu_memory_utilization=self.gpu_memory_utilization,
         )
+        pool = engine.pool
+        self.info.kv_pool = KvPoolInfo(block_size=BLOCK_SIZE, num_blocks=pool.num_blocks)
+        self.info.details["kv_cache"] = {
+            "pool_bytes": pool.nbytes,
+            "num_blocks": pool.num_blocks,
+            "block_size": BLOCK_SIZE,
+            "tokens": pool.capacity,
+            "bytes_per_token": pool.shape.kv_bytes_per_token,
+            "workspace_bytes": choice.plan.workspace.total_bytes,
+            "sized_by": choice.basis,
+        }
+        return EngineThread(engine, batch_wait_ms=self.batch_wait_ms)
 
     async def close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:
             await asyncio.to_thread(engine.stop)
-            engine.model = None
+            engine.engine.model = None
         _free_cuda_cache()
 
     # ----------------------------------------------------------------------------- tokenizer
@@ -213,28 +247,51 @@ class TransformersBackend:
     # ----------------------------------------------------------------------------- observability
 
     @property
-    def engine(self) -> BatchingEngine | None:
+    def engine(self) -> EngineThread | None:
         return self._engine
 
     def batching_stats(self) -> dict[str, Any]:
-        engine = self._engine
-        if engine is None:
+        thread = self._engine
+        if thread is None:
             return {"running": 0, "waiting": 0}
-        counters = engine.counters
+        counters = thread.engine.counters
         steps = counters.decode_steps
         return {
-            "running": engine.running,
-            "waiting": engine.waiting,
+            "running": thread.running,
+            "waiting": thread.waiting,
             "decode_steps": steps,
             "mean_batch": counters.decode_rows / steps if steps else 0.0,
             "peak_batch": counters.peak_batch,
+            "prefill_forwards": counters.prefill_forwards,
+            "prefill_tokens": counters.prefill_tokens,
             "out_of_memory": counters.out_of_memory,
+        }
+
+    def kv_cache_stats(self) -> dict[str, Any] | None:
+        """The pool's blocks as vLLM reports them: in use by running requests, and in all."""
+        thread = self._engine
+        if thread is None:
+            return None
+        pool = thread.engine.pool
+        return {
+            "block_size": BLOCK_SIZE,
+            "num_blocks": pool.num_blocks,
+            "used_blocks": pool.used_blocks,
+            "usage": pool.used_blocks / pool.num_blocks,
+            "pool_bytes": pool.nbytes,
         }
 
     def memory_stats(self) -> dict[str, Any]:
         # /stats shows info.details and reads memory first; refreshing the live batching figures
         # here puts them there without a change to the Backend protocol.
         self.info.details["batch_stats"] = self.batching_stats()
+        stats = self._device_memory()
+        kv_cache = self.kv_cache_stats()
+        if kv_cache is not None:
+            stats["kv_cache"] = kv_cache
+        return stats
+
+    def _device_memory(self) -> dict[str, Any]:
         if self._device.startswith("cuda"):
             import torch
 

@@ -26,7 +26,9 @@ def calibrate(
         "--from",
         help="Fit a finished run's records (or a calibrate run folder) instead of measuring.",
     ),
-    runtime: str = typer.Option("hf", help="The runtime the server uses: hf or vllm."),
+    runtime: str = typer.Option(
+        "hf", help="The runtime the server uses: hf, vllm, or capplan (capplan serve's engine)."
+    ),
     prompt_tokens: str = typer.Option("16,256", help="Prompt lengths measured alone."),
     concurrency: str = typer.Option("1,4,8", help="Batches measured."),
     max_tokens: int = typer.Option(32, help="Output tokens per request."),

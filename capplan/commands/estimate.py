@@ -55,7 +55,11 @@ def estimate(
         help="bitsandbytes 4-bit double quantization (default: config.json's, else on).",
     ),
     kv_dtype: str = typer.Option("auto", "--kv-dtype", help="auto, fp16, bf16, fp8, fp32."),
-    runtime: str = typer.Option("hf", "--runtime", help="hf (transformers generate) or vllm."),
+    runtime: str = typer.Option(
+        "hf",
+        "--runtime",
+        help="hf (transformers generate), vllm, or capplan (capplan serve's fixed-KV engine).",
+    ),
     gpus: int = typer.Option(1, "--gpus", help="GPUs in total."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel size; replicas = gpus / tp."),
     margin: float = typer.Option(
@@ -64,7 +68,8 @@ def estimate(
     gpu_memory_utilization: float | None = typer.Option(
         None,
         "--gpu-memory-utilization",
-        help="vLLM's share of GPU memory (default: the release's, 0.92 from 0.20.0, 0.9 before).",
+        help="vLLM's (or capplan serve's) share of GPU memory (default: vLLM's release's, 0.92 "
+        "from 0.20.0, 0.9 before; capplan 0.9).",
     ),
     vllm_version: str | None = typer.Option(
         None,

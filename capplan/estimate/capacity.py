@@ -16,13 +16,26 @@ from capplan.estimate.kv_cache import (
     kv_dtype_bytes,
     max_tokens_in_budget,
 )
-from capplan.estimate.memory_hf import CPU_PROCESS_BYTES, HfBudget, HfShape, hf_budget
+from capplan.estimate.memory_capplan import (
+    CapplanBudget,
+    EngineLimits,
+    EngineShape,
+    capplan_budget,
+    default_prefill_chunk,
+)
+from capplan.estimate.memory_hf import (
+    CPU_PROCESS_BYTES,
+    HfBudget,
+    HfShape,
+    hf_budget,
+    largest_fitting,
+)
 from capplan.estimate.memory_vllm import VllmBudget, default_scheduler_limits, vllm_budget
 from capplan.estimate.quantization import QuantScheme, WeightStorage, weight_storage
 from capplan.estimate.result import MemoryTerms, Workload
 from capplan.estimate.roofline import Roofline, attention_width, matmul_params
 
-RUNTIMES = ("hf", "vllm")
+RUNTIMES = ("hf", "vllm", "capplan")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class Capacity:
     memory: MemoryTerms
     roofline: Roofline
     costs: StepCosts
+    capplan: CapplanBudget | None = None  # --runtime capplan: the reference server's engine
 
 
 def check_parallelism(spec: ModelSpec, gpus: int, tp: int) -> None:
@@ -118,6 +132,11 @@ def capacity(
     if workload.runtime == "vllm":
         return _vllm_capacity(
             gpu, spec, scheme, workload, vllm_options, weights, element, roof, costs
+        )
+    if workload.runtime == "capplan":
+        utilization = (vllm_options or VllmOptions()).gpu_memory_utilization
+        return _capplan_capacity(
+            gpu, spec, scheme, workload, utilization, weights, element, roof, costs
         )
     return _hf_capacity(gpu, spec, scheme, workload, weights, element, roof, costs)
 
@@ -196,6 +215,78 @@ def hf_shape(
         # CPU memory has no caching allocator of its own to fragment.
         alloc_conf="none" if gpu.kind == "cpu" else workload.alloc_conf,
         logits_processors=workload.logits_processors,
+    )
+
+
+def _capplan_capacity(
+    gpu: GpuSpec,
+    spec: ModelSpec,
+    scheme: QuantScheme,
+    workload: Workload,
+    utilization: float | None,
+    weights: WeightStorage,
+    element: int,
+    roof: Roofline,
+    costs: StepCosts,
+) -> Capacity:
+    """The reference server's fixed-KV engine: its pool is sized once for the device, and as
+    many requests run as their reservations (prompt + max_tokens, whole blocks) fit in it."""
+    cpu = gpu.kind == "cpu"
+    shape = EngineShape.from_spec(spec, scheme, element, workload.tp)
+
+    def budget(max_batch: int) -> CapplanBudget:
+        chunk = default_prefill_chunk(gpu.kind)
+        limits = EngineLimits(max_batch, chunk, spec.max_positions)
+        return capplan_budget(
+            shape,
+            limits,
+            total_bytes=gpu.total_bytes,
+            weights_bytes=weights.total_bytes,
+            non_torch_bytes=CPU_PROCESS_BYTES if cpu else cuda_context_bytes(gpu, "capplan"),
+            request_tokens=workload.request_tokens,
+            cpu=cpu,
+            gpu_memory_utilization=utilization,
+        )
+
+    # The workspace grows with the batch (its logits and sampling) and shrinks the pool: the
+    # concurrency is the largest batch whose own workspace still leaves its reservations room
+    # (searched up to the compute-bound batch, past which more buys no throughput).
+    fit = largest_fitting(
+        lambda batch: budget(batch).workload_concurrency >= batch,
+        highest=max(1, roof.compute_bound_batch),
+    )
+    at = workload.concurrency or max(1, fit)
+    final = budget(at)
+    kv_in_use = min(at, fit) * final.request_blocks * shape.block_bytes
+    memory = MemoryTerms(
+        total_bytes=final.total_bytes,
+        weights_bytes=final.weights_bytes,
+        non_torch_bytes=final.non_torch_bytes,
+        activation_bytes=final.workspace.total_bytes,
+        allocator_reserve_bytes=0,
+        margin_bytes=final.total_bytes - final.peak_bytes,
+        kv_per_token_bytes=shape.kv_bytes_per_token,
+        kv_per_request_bytes=final.request_blocks * shape.block_bytes,
+        kv_budget_bytes=final.pool_bytes,
+        kv_in_use_bytes=kv_in_use,
+        free_bytes=final.pool_bytes - kv_in_use,
+        concurrency=at,
+        allocated_peak_bytes=final.allocated_bytes,
+        peak_bytes=final.peak_bytes,
+        peak_phase="KV pool allocated at start",
+    )
+    return Capacity(
+        weights=weights,
+        kv_element_bytes=element,
+        hf=None,
+        vllm=None,
+        concurrency=fit,
+        zero_margin_concurrency=fit,
+        largest_context=min(spec.max_positions, final.tokens),
+        memory=memory,
+        roofline=roof,
+        costs=costs,
+        capplan=final,
     )
 
 

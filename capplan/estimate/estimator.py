@@ -20,6 +20,7 @@ from capplan.estimate.capacity import (
 )
 from capplan.estimate.gpu_spec import GpuSpec
 from capplan.estimate.kv_cache import resolve_kv_dtype
+from capplan.estimate.memory_capplan import capplan_assumptions
 from capplan.estimate.memory_hf import CPU_PROCESS_BYTES, SAFETY_MARGIN_FRACTION
 from capplan.estimate.memory_vllm import vllm_assumptions
 from capplan.estimate.model_spec import ResolvedModel
@@ -65,7 +66,7 @@ class EstimateRequest:
 
 def _workload(request: EstimateRequest) -> Workload:
     if request.runtime not in RUNTIMES:
-        raise InputError(f"unknown --runtime '{request.runtime}'; choose hf or vllm")
+        raise InputError(f"unknown --runtime '{request.runtime}'; choose hf, vllm or capplan")
     prompt = DEFAULT_PROMPT_TOKENS if request.prompt_tokens is None else request.prompt_tokens
     output = DEFAULT_MAX_TOKENS if request.max_tokens is None else request.max_tokens
     if prompt < 1 or output < 1:
@@ -87,8 +88,10 @@ def _workload(request: EstimateRequest) -> Workload:
         raise InputError("--alloc-conf applies to --runtime hf (vLLM preallocates its KV pool)")
     spec = request.model.spec
     check_parallelism(spec, request.gpus, request.tp)
-    if request.gpu.kind == "cpu" and (request.runtime != "hf" or request.gpus > 1):
-        raise InputError("--gpu cpu plans transformers on CPU: use --runtime hf and --gpus 1")
+    if request.gpu.kind == "cpu" and (request.runtime == "vllm" or request.gpus > 1):
+        raise InputError(
+            "--gpu cpu plans transformers on CPU: use --runtime hf or capplan and --gpus 1"
+        )
     if prompt + output > spec.max_positions:
         raise InputError(
             f"--prompt-tokens + --max-tokens = {prompt + output} exceeds {spec.id}'s "
@@ -136,6 +139,8 @@ def _check_vllm_options(request: EstimateRequest, request_tokens: int) -> None:
         "--enforce-eager": v.enforce_eager,
     }
     named = [flag for flag, is_given in given.items() if is_given]
+    if request.runtime == "capplan":  # capplan serve sizes its KV pool the same way
+        named = [flag for flag in named if flag != "--gpu-memory-utilization"]
     if request.runtime != "vllm" and named:
         verb = "applies" if len(named) == 1 else "apply"
         raise InputError(
@@ -188,6 +193,7 @@ def estimate(request: EstimateRequest) -> EstimateResult:
         memory=cap.memory,
         hf=cap.hf,
         vllm=cap.vllm,
+        capplan=cap.capplan,
         fits=fits,
         verdict=_verdict(cap, workload),
         concurrency=recommended,
@@ -260,6 +266,20 @@ def _verdict(cap: Capacity, w: Workload) -> str:
             f"{cap.vllm.kv_cache_tokens} tokens, less than max_model_len "
             f"{cap.vllm.max_model_len} (lower --max-model-len)."
         )
+    if cap.capplan is not None and cap.concurrency < 1:
+        b = cap.capplan
+        share = (
+            f"gpu_memory_utilization {b.gpu_memory_utilization} of total"
+            if b.gpu_memory_utilization
+            else "the RAM"
+        )
+        return (
+            f"Does not fit: {share} ({format_bytes(b.requested_bytes)}) minus weights, "
+            f"{'CUDA context' if b.gpu_memory_utilization else 'the process'} and the engine's "
+            f"workspace leaves a KV pool of {format_bytes(b.pool_bytes)}, but one request of "
+            f"{shape} reserves {format_bytes(m.kv_per_request_bytes)} (raise "
+            "--gpu-memory-utilization, or lower --max-tokens)."
+        )
     if cap.concurrency < 1:
         return (
             f"Does not fit: {format_bytes(max(0, m.kv_budget_bytes))} is left for KV after "
@@ -276,6 +296,11 @@ def _verdict(cap: Capacity, w: Workload) -> str:
         why = f"bounded by the calibration's largest measured batch; {bound.split(';')[-1].strip()}"
     elif cap.vllm is not None:
         why = f"inside vLLM's gpu_memory_utilization {cap.vllm.gpu_memory_utilization}"
+    elif cap.capplan is not None:
+        why = (
+            f"their reservations in the KV pool capplan serve allocates at start, "
+            f"{format_bytes(cap.capplan.pool_bytes)}"
+        )
     else:
         why = (
             f"with a {w.margin_fraction:.0%} safety margin on the device peak; out-of-memory "
@@ -319,6 +344,8 @@ def _assumptions(w: Workload, cap: Capacity, request: EstimateRequest) -> list[s
         ]
     if cap.vllm is not None:
         items += vllm_assumptions(cap.vllm)
+    if cap.capplan is not None:
+        items += capplan_assumptions(cap.capplan)
     items.append(
         f"a step takes the largest of: all weights plus the batch's KV read at "
         f"{roof.bandwidth_efficiency:.0%} of {request.gpu.bandwidth_bytes_s / 1e9:.0f} GB/s; "

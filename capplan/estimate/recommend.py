@@ -54,6 +54,11 @@ def recommended_concurrency(cap: Capacity) -> tuple[int, str]:
         )
     if cap.hf is not None:
         return fit, f"memory: at {fit + 1} requests the process would exceed total minus the margin"
+    if cap.capplan is not None:
+        return fit, (
+            f"memory: {fit} reservations of prompt + max_tokens fill the KV pool capplan serve "
+            "allocates at start (16-token blocks)"
+        )
     return fit, "memory: vLLM's KV pool (16-token pages), capped by max_num_seqs"
 
 
@@ -134,7 +139,8 @@ def server_settings(
         max_context=model_context,
         rate_limit=rate_limit,
         vram_guard=guard,
-        max_batch=c,
+        # capplan: the batch its pool's workspace was sized for (the recommended one)
+        max_batch=cap.capplan.limits.max_batch if cap.capplan is not None else c,
         batch_wait_ms=max(1, round(max(t.floor_ms, cap.roofline.decode_step_base_ms) / 2)),
         # Each worker process loads its own copy of the weights: one worker per GPU; on CPU as
         # many as cores and RAM allow. The reference server's workers are async: generation
@@ -142,6 +148,11 @@ def server_settings(
         workers=workload.replicas if cpu else 1,
         threads=1,
         drain_timeout_s=request_timeout,
+        # --runtime capplan: the pool the estimate planned, allocated to the byte by the server
+        kv_cache_memory=cap.capplan.pool_bytes if cap.capplan is not None else None,
+        prefill_chunk_tokens=(
+            cap.capplan.limits.prefill_chunk_tokens if cap.capplan is not None else None
+        ),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from capplan.estimate.architecture import ModelSpec
 from capplan.estimate.gpu_spec import GpuSpec
+from capplan.estimate.memory_capplan import CapplanBudget
 from capplan.estimate.memory_hf import HfBudget
 from capplan.estimate.memory_vllm import VllmBudget
 from capplan.estimate.quantization import QuantScheme, WeightStorage
@@ -138,6 +139,7 @@ class EstimateResult:
     alternatives: list[Alternative] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    capplan: CapplanBudget | None = None  # --runtime capplan: capplan serve's engine
 
 
 def as_dict(result: EstimateResult) -> dict[str, Any]:
@@ -157,4 +159,10 @@ def as_dict(result: EstimateResult) -> dict[str, Any]:
         data["vllm"]["num_blocks"] = result.vllm.num_blocks
         data["vllm"]["workload_concurrency"] = result.vllm.workload_concurrency
         data["vllm"]["starts"] = result.vllm.starts
+    if result.capplan is not None:
+        data["capplan"]["block_size"] = result.capplan.block_size
+        data["capplan"]["tokens"] = result.capplan.tokens
+        data["capplan"]["workload_concurrency"] = result.capplan.workload_concurrency
+        data["capplan"]["peak_bytes"] = result.capplan.peak_bytes
+        data["capplan"]["workspace"]["total_bytes"] = result.capplan.workspace.total_bytes
     return data

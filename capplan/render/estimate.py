@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from capplan.estimate.memory_capplan import CapplanBudget
 from capplan.estimate.memory_vllm import VllmBudget
 from capplan.estimate.result import EstimateResult, as_dict
 from capplan.settings import ServerSettings
@@ -91,6 +92,8 @@ def _memory_section(r: EstimateResult) -> Section:
     ]
     if r.vllm is not None:
         rows += _vllm_memory_rows(r.vllm)
+    elif r.capplan is not None:
+        rows += _capplan_memory_rows(r.capplan, m.concurrency, m.kv_in_use_bytes)
     else:
         n = m.concurrency
         rows += [
@@ -153,6 +156,40 @@ def _non_torch_label(r: EstimateResult) -> str:
     if r.vllm is None:
         return "CUDA context + workspaces"
     return "non-torch memory (vLLM)"
+
+
+def _capplan_memory_rows(b: CapplanBudget, at: int, kv_in_use: int) -> list[Row]:
+    """capplan serve's engine: everything allocated at start, so the peak is a sum."""
+    w = b.workspace
+    return [
+        Row(
+            "KV pool",
+            format_bytes(b.pool_bytes),
+            f"{b.num_blocks:,} blocks x {b.block_size} tokens + 1 trash block, allocated at start",
+        ),
+        Row(f"  reserved at {at} concurrent", format_bytes(kv_in_use), "prompt + max_tokens each"),
+        Row(
+            "engine workspace",
+            format_bytes(w.total_bytes),
+            f"block table + gather buffers + max(decode of {b.limits.max_batch} rows, prefill)",
+        ),
+        Row("  K/V gather buffers", format_bytes(w.gather_bytes), "allocated at start"),
+        Row("  decode step", format_bytes(w.decode_bytes), "activations, mask, logits, sampling"),
+        Row(
+            "  prefill chunk",
+            format_bytes(w.prefill_bytes),
+            f"{b.limits.prefill_chunk_tokens} tokens: activations, mask, logits",
+        ),
+        Row("allocated peak", format_bytes(b.allocated_bytes), "weights + pool + workspace"),
+        Row("device peak", format_bytes(b.peak_bytes), "context + allocated (expandable segments)"),
+        Row(
+            "outside the plan",
+            format_bytes(b.total_bytes - b.peak_bytes),
+            f"gpu_memory_utilization {b.gpu_memory_utilization}"
+            if b.gpu_memory_utilization
+            else "RAM the pool leaves free",
+        ),
+    ]
 
 
 def _vllm_memory_rows(v: VllmBudget) -> list[Row]:
@@ -304,6 +341,8 @@ _SETTING_NOTES = {
     "workers": "each loads its own weights: 1 per GPU; CPU by cores and RAM",
     "threads": "async workers: generation runs on the engine's thread",
     "drain_timeout_s": "finish in-flight requests on shutdown",
+    "kv_cache_memory": "capplan: the KV pool, allocated at start",
+    "prefill_chunk_tokens": "prompt tokens per prefill forward",
 }
 
 

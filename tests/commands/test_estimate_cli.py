@@ -40,6 +40,8 @@ SETTINGS_KEYS = {
     "workers",
     "threads",
     "drain_timeout_s",
+    "kv_cache_memory",
+    "prefill_chunk_tokens",
 }
 
 

@@ -218,7 +218,7 @@ def test_defaults_are_stated() -> None:
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"runtime": "trt"}, "choose hf or vllm"),
+        ({"runtime": "trt"}, "choose hf, vllm or capplan"),
         ({"tp": 3, "gpus": 3}, "must divide"),
         ({"gpus": 3, "tp": 2}, "multiple of --tp"),
         ({"max_tokens": 50000}, "exceeds"),

@@ -49,6 +49,9 @@ def test_every_emitted_field_is_documented() -> None:
             )
         )
     )
-    missing = (emitted_fields(hf) | emitted_fields(vllm)) - documented
+    capplan = as_dict(
+        estimate(EstimateRequest(gpu=gpu, model=resolve_model("qwen3-8b-awq"), runtime="capplan"))
+    )
+    missing = (emitted_fields(hf) | emitted_fields(vllm) | emitted_fields(capplan)) - documented
     assert not missing
     assert hf["alternatives"]  # bf16 does not fit a 10 GB card, so alternatives were checked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from capplan.errors import InputError
 from capplan.settings import ServerSettings
 from reference_server.config import limits_in_force, resolve_config
+
+ALLOC = "PYTORCH_CUDA_ALLOC_CONF"
 
 
 def test_flag_beats_env_beats_file_beats_default(tmp_path: Path) -> None:
@@ -57,6 +60,10 @@ def test_env_file_from_estimate_emit_is_read(tmp_path: Path) -> None:
         ({"header_timeout_s": 0}, {}, "header_timeout_s"),
         ({"max_prompt_chars": 0}, {}, "max_prompt_chars"),
         ({"max_connections": 10**9}, {}, "ulimit -n"),  # more than the open-file limit allows
+        ({"engine": "vllm"}, {}, "engine"),
+        ({"kv_cache_memory": 0}, {}, "kv_cache_memory"),
+        ({}, {"CAPPLAN_GPU_MEMORY_UTILIZATION": "1.5"}, "gpu_memory_utilization"),
+        ({"prefill_chunk_tokens": 0}, {}, "prefill_chunk_tokens"),
     ],
 )
 def test_bad_settings_are_input_errors(flags: dict, env: dict, message: str) -> None:
@@ -124,6 +131,20 @@ def test_files_written_by_estimate_emit_configure_the_server(tmp_path: Path, fmt
     for key, value in settings.emitted().items():
         assert getattr(config, key) == value, key
         assert config.sources[key] == f"file:{path}", key
+
+
+def test_serve_sets_expandable_segments_before_the_backend_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reference_server import launch
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(launch, "run_uvicorn", lambda *a: seen.append(os.environ.get(ALLOC)))
+    monkeypatch.delenv(ALLOC, raising=False)
+    launch.serve(resolve_config({"backend": "emulated"}), print)
+    monkeypatch.setenv(ALLOC, "backend:cudaMallocAsync")
+    launch.serve(resolve_config({"backend": "emulated"}), print)
+    assert seen == ["expandable_segments:True", "backend:cudaMallocAsync"]
 
 
 def test_quoted_environment_values_from_gunicorn_raw_env_are_unquoted() -> None:

@@ -1,4 +1,5 @@
-"""TransformersBackend on the embedded model: counts, stop, length, sampling, cancellation, OOM."""
+"""TransformersBackend on the embedded model: counts, stop, length, sampling, batching,
+cancellation, the KV pool, OOM."""
 
 from __future__ import annotations
 
@@ -63,11 +64,19 @@ def test_stop_string_ends_with_stop_and_cuts_the_text(shared_backend, run_reques
     assert finished.completion_tokens == cut + len(stop)  # the stop string's tokens were generated
 
 
-def test_eos_token_ends_with_stop_and_is_counted(make_backend, run_request) -> None:
-    backend = make_backend()
-    deltas, _ = run_request(backend, request(backend, max_tokens=8, temperature=0.0))
-    third = backend.encode(deltas[2].text)[0]
-    backend.engine.eos_token_ids.add(third)  # make the model's own third token its eos
+def test_eos_token_ends_with_stop_and_is_counted(
+    make_backend, shared_backend, run_request, tmp_path
+) -> None:
+    from transformers import GenerationConfig
+
+    from reference_server.tiny_model import save_tiny_model
+
+    deltas, _ = run_request(shared_backend, request(shared_backend, max_tokens=8, temperature=0))
+    third = shared_backend.encode(deltas[2].text)[0]
+    # A model directory whose generation config names the model's own third token as its eos.
+    directory = save_tiny_model(tmp_path / "eos-model")
+    GenerationConfig(eos_token_id=third, pad_token_id=1).save_pretrained(directory)
+    backend = make_backend(model_dir=str(directory))
     deltas, finished = run_request(backend, request(backend, max_tokens=8, temperature=0.0))
     assert finished.finish_reason == "stop"
     assert finished.completion_tokens == 3
@@ -111,70 +120,50 @@ def test_tiny_top_p_keeps_only_the_most_likely_token(shared_backend, run_request
 def test_concurrent_requests_decode_in_one_batch_and_match_solo_runs(
     make_backend, run_request
 ) -> None:
-    backend = make_backend(max_batch=4, batch_wait_ms=0)
-    # A long batch window with max_batch 4: the engine waits until all four are queued.
-    backend.engine.batch_wait_s = 60.0
+    # An idle engine waits up to batch_wait_ms, or until max_batch requests have arrived.
+    backend = make_backend(max_batch=4, batch_wait_ms=500)
     prompts = ["a", "a longer prompt", "mid size", "x" * 40]
     reqs = [request(backend, prompt_ids=backend.encode(p), seed=i) for i, p in enumerate(prompts)]
-    shapes: list[tuple[int, ...]] = []
-    model = backend.engine.model
-
-    def recording_model(**inputs):
-        shapes.append(tuple(inputs["input_ids"].shape))
-        return model(**inputs)
-
-    backend.engine.model = recording_model
 
     async def together():
         return await asyncio.gather(*(_collect_text(backend, r) for r in reqs))
 
     texts = asyncio.run(together())
-    assert shapes[0] == (4, 40)  # one left-padded prefill for all four
-    assert all(shape == (4, 1) for shape in shapes[1:])
-    assert backend.batching_stats()["peak_batch"] == 4
-    backend.engine.model = model
-    backend.engine.batch_wait_s = 0.0
-    solo = ["".join(d.text for d in run_request(backend, r)[0]) for r in reqs]
-    assert texts == solo
+    stats = backend.batching_stats()
+    assert stats["prefill_forwards"] == 2  # the warm-up's, then one for all four prompts
+    assert stats["peak_batch"] == 4
+    assert stats["mean_batch"] > 3  # the four decoded together (the warm-up's step counts 1)
+    solo = make_backend(max_batch=1, batch_wait_ms=0)
+    assert texts == ["".join(d.text for d in run_request(solo, r)[0]) for r in reqs]
 
 
-def test_new_request_joins_a_running_batch_at_a_step_boundary(make_backend) -> None:
+def test_new_request_joins_a_running_batch_at_a_step_boundary(make_backend, run_request) -> None:
     backend = make_backend(max_batch=4, batch_wait_ms=0)
-    model = backend.engine.model
-    shapes: list[tuple[int, ...]] = []
+    first_request, second_request = (
+        request(backend, max_tokens=40, seed=1),
+        request(backend, seed=2),
+    )
 
     async def scenario() -> list[str]:
-        first = backend.generate(request(backend, max_tokens=40, seed=1))
-        await first.__anext__()  # the first sequence is decoding
-        second = asyncio.ensure_future(_collect_text(backend, request(backend, seed=2)))
+        first = backend.generate(first_request)
+        head = await first.__anext__()  # the first sequence is decoding
+        second = asyncio.ensure_future(_collect_text(backend, second_request))
         rest = [e.text async for e in first if isinstance(e, TokenDelta)]
-        return [*rest, await second]
+        assert isinstance(head, TokenDelta)
+        return [head.text + "".join(rest), await second]
 
-    def recording_model(**inputs):
-        shapes.append(tuple(inputs["input_ids"].shape))
-        return model(**inputs)
-
-    backend.engine.model = recording_model
-    asyncio.run(scenario())
-    assert (2, 1) in shapes  # both sequences decoded in the same forward pass
-    assert backend.batching_stats()["peak_batch"] == 2
-
-
-def test_max_batch_bounds_the_batch_and_everyone_is_served(make_backend) -> None:
-    backend = make_backend(max_batch=2, batch_wait_ms=0)
-
-    async def four():
-        return await asyncio.gather(*(_collect_text(backend, request(backend)) for _ in range(4)))
-
-    texts = asyncio.run(four())
-    assert all(len(t) == 12 for t in texts)
-    assert backend.batching_stats()["peak_batch"] == 2
+    texts = asyncio.run(scenario())
+    assert backend.batching_stats()["peak_batch"] == 2  # both held a row at once
+    solo = [
+        ("".join(d.text for d in run_request(backend, r)[0]))
+        for r in (first_request, second_request)
+    ]
+    assert texts == solo  # joining changed nobody's tokens
 
 
 @pytest.mark.parametrize("how", ["aclose", "cancel_task"])
 def test_closing_the_stream_stops_generation_and_frees_the_slot(make_backend, how) -> None:
     backend = make_backend()
-    engine = backend.engine
 
     async def scenario() -> None:
         stream = backend.generate(request(backend, max_tokens=4000))
@@ -195,34 +184,37 @@ def test_closing_the_stream_stops_generation_and_frees_the_slot(make_backend, ho
                 await task
 
     asyncio.run(scenario())
-    assert wait_until(lambda: engine.running == 0)
-    steps = engine.counters.decode_steps
+    assert wait_until(lambda: backend.batching_stats()["running"] == 0)
+    assert backend.kv_cache_stats()["used_blocks"] == 0  # its reservation is free again
+    steps = backend.batching_stats()["decode_steps"]
     assert steps < 3000  # stopped long before max_tokens
     time.sleep(0.05)
-    assert engine.counters.decode_steps == steps  # and nothing decodes any more
+    assert backend.batching_stats()["decode_steps"] == steps  # and nothing decodes any more
 
 
 def test_cuda_out_of_memory_fails_the_batch_frees_cache_and_backend_lives_on(
     make_backend, run_request, monkeypatch
 ) -> None:
     backend = make_backend()
-    model = backend.engine.model
+    engine = backend.engine.engine
+    model = engine.model
     freed: list[bool] = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(True))
     calls = {"n": 0}
 
-    def oom_once(**inputs):
+    def oom_once(**inputs):  # the device, failing once: the model is the hardware boundary
         calls["n"] += 1
         if calls["n"] == 2:  # the first decode step after the prefill
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return model(**inputs)
 
-    backend.engine.model = oom_once
+    engine.model = oom_once
     with pytest.raises(BackendOutOfMemory):
         run_request(backend, request(backend))
     assert freed == [True]
     assert backend.batching_stats()["out_of_memory"] == 1
-    assert backend.engine.running == 0
+    assert backend.batching_stats()["running"] == 0
+    assert backend.kv_cache_stats()["used_blocks"] == 0
     _, finished = run_request(backend, request(backend))
     assert finished.completion_tokens == 12
 

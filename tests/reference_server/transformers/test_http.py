@@ -168,27 +168,41 @@ def test_stats_show_the_real_backend_and_its_batching(client: httpx.Client) -> N
     assert details["batch_stats"]["decode_steps"] > 0  # live figures from the engine
     assert details["batch_stats"]["running"] == 0
     assert stats["memory"]["kind"] == "process_rss"
+    kv = stats["kv_cache"]  # the pool, allocated at start: blocks, reserved and held
+    assert kv["num_blocks"] * kv["block_size"] == kv["tokens"] == details["kv_cache"]["tokens"]
+    assert (kv["reserved_blocks"], kv["used_blocks"], kv["usage"]) == (0, 0, 0.0)
+
+
+def test_metrics_report_the_kv_cache_with_vllms_names(client: httpx.Client) -> None:
+    kv = client.get("/stats").json()["kv_cache"]
+    text = client.get("/metrics").text
+    assert 'capplan:kv_cache_usage_perc{model_name="capplan-tiny-qwen3"} 0.0' in text
+    config = (
+        f'capplan:cache_config_info{{block_size="16",model_name="capplan-tiny-qwen3",'
+        f'num_gpu_blocks="{kv["num_blocks"]}"}} 1.0'
+    )
+    assert config in text
 
 
 def test_dropped_stream_stops_generation_and_frees_slot(server, client: httpx.Client) -> None:
     _, backend = server
-    engine = backend.engine
-    assert engine is not None
     body = {"prompt": "Long answer:", "max_tokens": 3900, "stream": True}
     with client.stream("POST", "/v1/completions", json=body) as answer:
         lines = answer.iter_lines()
         while not next(lines).startswith("data: "):
             pass  # one token has arrived; now the client goes away
+
+    def engine_busy() -> bool:
+        return bool(backend.batching_stats()["running"] or client.get("/stats").json()["running"])
+
     deadline = time.monotonic() + 10
-    while (engine.running or client.get("/stats").json()["running"]) and (
-        time.monotonic() < deadline
-    ):
+    while engine_busy() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert engine.running == 0
+    assert backend.batching_stats()["running"] == 0
     assert client.get("/stats").json()["running"] == 0
-    steps = engine.counters.decode_steps
+    steps = backend.batching_stats()["decode_steps"]
     time.sleep(0.1)
-    assert engine.counters.decode_steps == steps  # nothing decodes for the dropped client
+    assert backend.batching_stats()["decode_steps"] == steps  # nothing decodes any more
 
 
 def test_openai_client_streams_up_to_a_stop_string_split_across_tokens(
