@@ -178,8 +178,9 @@ def test_host_out_of_memory_in_a_forward_pass_is_a_503_and_the_server_lives_on(
     server: tuple[str, TransformersBackend], failure: BaseException
 ) -> None:
     url, backend = server
-    engine = backend.engine
-    assert engine is not None
+    runner = backend.engine
+    assert runner is not None
+    engine = runner.engine  # the fixed-KV engine the runner's thread drives
     model = engine.model
     forward = model.forward
     failed: list[bool] = []
