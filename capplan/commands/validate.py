@@ -37,7 +37,7 @@ def validate(
     estimator's error. Exit 1 when a figure is off by more than --tolerance."""
     import time
 
-    from capplan.errors import InputError
+    from capplan.errors import InputError, TargetError
     from capplan.planning.validate import (
         WorkloadShape,
         estimated_figures,
@@ -61,8 +61,8 @@ def validate(
     summary = load_run(run, with_records=False).summary
     _check_same_workload(summary.get("config") or {}, shape, run)
     counts = summary.get("requests") or {}
-    if not counts.get("ok"):
-        raise InputError(
+    if not counts.get("ok"):  # the target failed: exit 3, as `capplan loadtest` would
+        raise TargetError(
             f"no request succeeded in '{run}' (by status: {counts.get('by_status')}); "
             "check that the workload fits (capplan estimate) and the server is up"
         )

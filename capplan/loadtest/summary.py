@@ -22,6 +22,13 @@ from capplan.devices import list_devices
 from capplan.loadtest.metrics import RequestMetrics, request_metrics, stats
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.scenario import LoadConfig, Slo
+from capplan.loadtest.window_summary import (
+    retries_block,
+    retries_notes,
+    step_plan,
+    window_block,
+    window_notes,
+)
 
 SCHEMA_VERSION = 1
 # Open-loop generator lag above this at p99 means the client, not the server, set the pace.
@@ -41,8 +48,10 @@ def summarize(
     interrupted: bool = False,
     engine: str = "httpx",
     run_id: str | None = None,
+    stopped: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The summary.json dict. `selfcheck` maps step label -> client self-check figures."""
+    """The summary.json dict. `selfcheck` maps step label -> client self-check figures;
+    `stopped` ({"step", "reason"}) says the engine stopped the run on a broken target."""
     records = list(records)
     config_dict = config.to_dict() if isinstance(config, LoadConfig) else dict(config or {})
     slo = config.slo if isinstance(config, LoadConfig) else _slo_from(config_dict.get("slo"))
@@ -51,7 +60,8 @@ def summarize(
     for label in labels:
         step_records = [r for r in records if r.step == label]
         check = (selfcheck or {}).get(label)
-        steps.append(summarize_step(step_records, slo, label=label, selfcheck=check))
+        plan = step_plan(config_dict, label)
+        steps.append(summarize_step(step_records, slo, label=label, selfcheck=check, plan=plan))
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -71,6 +81,9 @@ def summarize(
     summary["steps"] = steps
     if interrupted:
         reasons.append("interrupted before the planned end: figures cover what finished")
+    if stopped is not None:
+        summary["stopped"] = dict(stopped)
+        reasons.append(f"stopped early in {stopped.get('step')}: {stopped.get('reason')}")
     summary["valid"] = not reasons
     summary["reasons"] = reasons
     return summary
@@ -162,8 +175,10 @@ def summarize_step(
     *,
     label: str,
     selfcheck: Mapping[str, Any] | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One step's block: requests, latencies, throughput, goodput, validity."""
+    """One step's block: requests, latencies, throughput, goodput, validity; with the step's
+    `plan` (`window_summary.step_plan`) also its window and refusals."""
     warmup = [r for r in records if r.warmup]
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
@@ -226,6 +241,11 @@ def summarize_step(
     if selfcheck is not None:
         block["client"] = dict(selfcheck)
     reasons, notes = _validity(block, selfcheck)
+    if plan is not None:
+        block["window"] = window_block(records, plan)
+        block["retries"] = retries_block(records)
+        notes += window_notes(block["window"], plan)
+        notes += retries_notes(block["retries"], records, plan)
     block["valid"] = not reasons
     block["reasons"] = reasons
     block["notes"] = notes

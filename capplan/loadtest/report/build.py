@@ -109,6 +109,7 @@ def _resummarize(records: list[Any], old: dict[str, Any] | None, run_id: str) ->
         interrupted=bool(old.get("interrupted", False)),
         engine=str(old.get("engine") or "unknown"),
         run_id=old.get("run_id") or run_id,
+        stopped=old.get("stopped") if isinstance(old.get("stopped"), dict) else None,
     )
     for key in ("started_at", "ended_at"):
         if key in old:
