@@ -115,6 +115,7 @@ def _started(record: RequestRecord) -> float:
 def _warmup_text(plan: Mapping[str, Any], open_loop: bool) -> str:
     count, seconds = plan.get("warmup_requests") or 0, plan.get("warmup_s") or 0.0
     if count:
-        unit = "request" if count == 1 else "requests"
-        return f"the first {count} arrivals" if open_loop else f"{count} {unit} per user"
+        if open_loop:
+            return "the first arrival" if count == 1 else f"the first {count} arrivals"
+        return f"{count} {'request' if count == 1 else 'requests'} per user"
     return f"{seconds:g} s" if seconds else "none"
