@@ -1,6 +1,7 @@
 """A broken target stops the run within seconds, with exit 3 and the server's own reason:
 nothing listening, every request refused as a client error, the server gone mid-run, or no
-request succeeding at all. Through the real CLI over real HTTP on 127.0.0.1."""
+request succeeding at all; and a sweep where no load holds exits 1. Through the real CLI over
+real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -140,3 +141,15 @@ def test_stop_rules_quote_the_server_and_spare_429_and_mixed_answers() -> None:
     assert refused.observe(_refused(200)) is None  # an answer breaks the row
     assert all(refused.observe(r) is None for r in errors)
     assert refused.observe(errors[0]) == "5 connection errors in a row: ConnectError: refused"
+
+
+def test_a_sweep_where_no_load_holds_its_slo_exits_1(
+    emulated_server: ServerFactory, tmp_path: Path
+) -> None:
+    with emulated_server(ttft_ms=20, tpot_ms=1) as url:
+        result = runner.invoke(
+            app,
+            ["sweep", "--url", url, "--points", "1,2", "--requests", "3", "--slo",
+             "p50(ttft)<1ms", "--out", str(tmp_path), "--no-plot", "--no-bisect"],
+        )  # fmt: skip
+    assert result.exit_code == 1, result.output

@@ -106,3 +106,17 @@ def test_warmup_requests_never_count_toward_the_minimum() -> None:
     window.sent(warmup=True)
     window.finished(warmup=True)
     assert window.extend(now=2.0)  # still nothing measured
+
+
+def test_an_open_loop_with_no_arrival_after_its_warmup_goes_on_at_its_rate(
+    emulated_server: ServerFactory, tmp_path: Path
+) -> None:
+    # Arrivals at 0 and 0.5 s, both inside the 1 s warmup: the schedule goes on at 2/s.
+    with emulated_server(ttft_ms=1, tpot_ms=0) as url:
+        result = _run(url, tmp_path, rate="2", arrival="constant", duration="1s", warmup="1s")
+    window = result.summary["window"]
+    assert (window["extended"], window["extension_requests"], window["measured"]) == (True, 1, 1)
+    extension = [r for r in result.records if r.extension]
+    assert len(extension) == 1 and extension[0].intended_start is not None
+    starts = sorted(r.intended_start - result.records[0].intended_start for r in result.records)
+    assert starts == pytest.approx([0.0, 0.5, 1.0], abs=1e-6)

@@ -43,6 +43,16 @@ def test_both_engines_extend_a_step_whose_requests_outlast_it(
     assert sorted(r.request_id for r in h.records) == sorted(r.request_id for r in lo.records)
 
 
+def test_both_engines_extend_an_open_loop_along_the_same_schedule(
+    emulated_server: ServerFactory, tmp_path: Path
+) -> None:
+    with emulated_server(ttft_ms=1, tpot_ms=0) as url:
+        h, lo = _both(url, tmp_path, rate="2", arrival="constant", duration="1s", warmup="1s")
+    assert h.summary["window"] == {**lo.summary["window"], "ran_s": h.summary["window"]["ran_s"]}
+    assert h.summary["window"]["extension_requests"] == 1
+    assert sorted(r.request_id for r in h.records) == sorted(r.request_id for r in lo.records)
+
+
 def test_both_engines_trim_a_warmup_given_in_requests_per_user(
     emulated_server: ServerFactory, tmp_path: Path
 ) -> None:
