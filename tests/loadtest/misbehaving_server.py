@@ -127,9 +127,7 @@ def misbehaving_server(*, vanish_after: int | None = None) -> Iterator[str]:
     state = _Server(vanish_after)
 
     async def start() -> None:
-        holder["server"] = state.server = await asyncio.start_server(
-            state.handle, "127.0.0.1", 0
-        )
+        holder["server"] = state.server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
         started.set()
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)

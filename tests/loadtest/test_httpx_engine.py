@@ -169,9 +169,7 @@ def test_429_and_503_are_counted_by_status(emulated_server: ServerFactory, tmp_p
         )
     # ...and one slot with no queue refuses the three requests that arrive beside the first.
     with emulated_server(ttft_ms=400, max_concurrent=1, queue_size=0) as url:
-        full = _run(
-            url, tmp_path / "503", concurrency="4", requests=4, max_tokens=2, backoff=False
-        )
+        full = _run(url, tmp_path / "503", concurrency="4", requests=4, max_tokens=2, backoff=False)
     assert limited.summary["requests"]["by_status"] == {"200": 2, "429": 2}
     assert full.summary["requests"]["by_status"] == {"200": 1, "503": 3}
     for result in (limited, full):
