@@ -178,7 +178,7 @@ def test_each_step_carries_its_load_as_numbers_from_the_config() -> None:
     ]
     ramp = _ramp()
     assert ramp["steps"][0]["load"] == {"kind": "ramp", "rate": 1.0, "ramp_to": 10.0}
-    assert ramp["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert ramp["schema_version"] == SCHEMA_VERSION == "1.2"
     # A step the config does not describe has no load, rather than one guessed from its label.
     assert "load" not in _partial_config()["steps"][0]
 
