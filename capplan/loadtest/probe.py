@@ -15,8 +15,8 @@ import httpx
 from capplan.errors import TargetError
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.request import Target, auth_headers, request_body
+from capplan.loadtest.server_message import server_message
 from capplan.loadtest.sse import MODELS_PATHS, first_model_id
-from capplan.loadtest.stop import server_message
 
 MODELS_TIMEOUT_S = 10.0
 

@@ -8,14 +8,12 @@ ask the client to come back later. The reason quotes the server's own message.
 
 from __future__ import annotations
 
-import json
-
 from capplan.loadtest.record import RequestRecord
+from capplan.loadtest.server_message import server_message
 
 CONNECT_ERRORS_IN_A_ROW = 5
 SAME_CLIENT_ERROR_ANSWERS = 5
 NOT_BROKEN_4XX = (408, 429)  # "try again later": retried, never a reason to stop
-MESSAGE_CHARS = 300
 
 
 class StopRules:
@@ -54,22 +52,3 @@ class StopRules:
                     f"{server_message(record.error_detail)}"
                 )
         return self.reason
-
-
-def server_message(detail: str | None) -> str:
-    """What the server said, as a person reads it: an OpenAI-style error's message, FastAPI's
-    `detail`, or the body (or exception) itself, on one line."""
-    text = " ".join((detail or "").split())
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text[:MESSAGE_CHARS] or "no message"
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            text = str(error["message"])
-        elif isinstance(error, str):
-            text = error
-        elif body.get("detail"):
-            text = str(body["detail"])
-    return text[:MESSAGE_CHARS]

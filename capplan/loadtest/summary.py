@@ -24,6 +24,7 @@ from capplan.devices import list_devices
 from capplan.loadtest.metrics import RequestMetrics, request_metrics, stats
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.scenario import LoadConfig, LoadStep, Slo
+from capplan.loadtest.server_message import server_message
 from capplan.loadtest.summary_blocks import LoadModelRun
 from capplan.loadtest.summary_model import SCHEMA_VERSION, RunConfig, load_to_dict
 from capplan.loadtest.summary_run_blocks import Stopped
@@ -178,7 +179,7 @@ def summarize_step(
             by_error[kind] += 1
             key = f"{kind} {r.status}" if r.status is not None else kind
             if key not in examples and len(examples) < MAX_ERROR_EXAMPLES:
-                examples[key] = _readable(r.error_detail)
+                examples[key] = server_message(r.error_detail, chars=ERROR_EXAMPLE_CHARS, empty="")
     all_metrics = [request_metrics(r) for r in measured]
     metrics = [m for r, m in zip(measured, all_metrics, strict=True) if r.ok]
     window_s = _window_s(measured)
@@ -270,24 +271,6 @@ def _validity(
             "tokens per chunk is undercounted; give --tokenizer DIR to count the text"
         )
     return reasons, notes
-
-
-def _readable(detail: str | None) -> str:
-    """An error body as a person reads it: the message of an OpenAI-style JSON error."""
-    text = " ".join((detail or "").split())
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text[:ERROR_EXAMPLE_CHARS]
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            text = str(error["message"])
-        elif isinstance(error, str):
-            text = error
-        elif body.get("detail"):  # FastAPI's own errors
-            text = str(body["detail"])
-    return text[:ERROR_EXAMPLE_CHARS]
 
 
 def _meets(m: RequestMetrics, slo: Slo) -> bool:

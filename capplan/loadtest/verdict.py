@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from capplan.loadtest.record import RequestRecord
-from capplan.loadtest.stop import server_message
+from capplan.loadtest.server_message import server_message
 from capplan.loadtest.summary_model import RunSummary
 
 
