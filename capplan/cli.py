@@ -27,18 +27,22 @@ from capplan.commands import (
     sweep,
     validate,
 )
-from capplan.errors import InputError
+from capplan.errors import EXIT_TARGET, EXIT_USAGE, InputError, TargetError
 
 
 class _CapplanGroup(TyperGroup):
-    """Turns `InputError` from any command into one line on stderr and exit 2."""
+    """Turns `InputError` (exit 2) and `TargetError` (exit 3) from any command into one line
+    on stderr."""
 
     def invoke(self, ctx: Any) -> Any:  # click.Context, vendored privately by typer
         try:
             return super().invoke(ctx)
         except InputError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USAGE) from None
+        except TargetError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_TARGET) from None
 
 
 app = typer.Typer(

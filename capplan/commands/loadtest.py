@@ -73,15 +73,32 @@ def loadtest(
     ramp: str | None = typer.Option(None, "--ramp", help="Open-loop rate ramp START:END req/s."),
     requests: int | None = typer.Option(None, "--requests", "-n", help="Requests per step."),
     duration: str | None = typer.Option(None, "--duration", "-d", help="Per step: 60s, 2m."),
-    warmup: str | None = typer.Option(None, "--warmup", help="Trimmed from each step: 5s."),
+    warmup: str | None = typer.Option(
+        None,
+        "--warmup",
+        help="Trimmed from each step: 5s, or 1r (each user's first request: a ladder's default).",
+    ),
+    min_requests: int | None = typer.Option(
+        None,
+        "--min-requests",
+        help="A step goes on until this many requests started after its warmup completed "
+        "(default: its concurrency; open loop 1; 0: never extend).",
+    ),
     stagger: str | None = typer.Option(
         None, "--stagger", help="Closed loop: spread the workers' first requests over this: 2s."
     ),
-    honor_retry_after: bool | None = typer.Option(
+    backoff: bool | None = typer.Option(
         None,
-        "--honor-retry-after/--no-honor-retry-after",
-        help="Closed loop: after a 429/503, wait its Retry-After before that worker's next send.",
+        "--backoff/--no-backoff",
+        help="Closed loop: after a 429/503 wait its Retry-After or 0.5-8 s and resend, as the "
+        "OpenAI clients do (default); --no-backoff resends at once.",
     ),
+    max_retries: int | None = typer.Option(
+        None, "--max-retries", help="Closed loop: resends of one refused request (default 2)."
+    ),
+    honor_retry_after: bool | None = typer.Option(
+        None, "--honor-retry-after/--no-honor-retry-after", hidden=True
+    ),  # the flag before --backoff
     timeout: str | None = typer.Option(None, "--timeout", help="Per request: 120s."),
     slo_ttft_ms: float | None = typer.Option(None, "--slo-ttft-ms"),
     slo_tpot_ms: float | None = typer.Option(None, "--slo-tpot-ms"),
@@ -107,12 +124,16 @@ def loadtest(
     locust_master_port: int | None = typer.Option(None, "--locust-master-port"),
     locust_ui: bool = typer.Option(False, "--locust-ui", help="Locust's web UI on 127.0.0.1."),
 ) -> None:
-    """Measure TTFT, TPOT, ITL, E2E, tokens/s and errors under load; write records and reports."""
+    """Measure TTFT, TPOT, ITL, E2E, tokens/s and errors under load; write records and reports.
+
+    Exit 0: ran and every threshold held; 1: a threshold failed; 2: usage; 3: the target failed
+    (unreachable, no request succeeded, or the run stopped early on it); 130: interrupted."""
     from rich.console import Console
 
-    from capplan.errors import InputError
+    from capplan.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TARGET, InputError
     from capplan.loadtest.run import load_scenario
     from capplan.loadtest.summary_model import RunSummary
+    from capplan.loadtest.verdict import target_failure
     from capplan.render.console import stdout_console
     from capplan.render.loadtest import LiveProgress, print_result
 
@@ -145,8 +166,10 @@ def loadtest(
         "requests": requests,
         "duration": duration,
         "warmup": warmup,
+        "min_requests": min_requests,
         "stagger": stagger,
-        "honor_retry_after": honor_retry_after,
+        "backoff": backoff if backoff is not None else honor_retry_after,
+        "max_retries": max_retries,
         "timeout": timeout,
         "slo": {"ttft_ms": slo_ttft_ms, "tpot_ms": slo_tpot_ms, "e2e_ms": slo_e2e_ms},
         "seed": seed,
@@ -169,9 +192,13 @@ def loadtest(
     print_result(stdout_console(), summary, result.out_dir, result.reports, result.report_error,
                  results)  # fmt: skip
     if result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    failure = target_failure(summary, result.records)
+    if failure is not None:
+        typer.echo(f"error: the target failed: {failure}", err=True)
+        raise typer.Exit(EXIT_TARGET)
     if any(not r.passed for r in results):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _scenario_launch(scenario: str | None) -> list[str]:

@@ -61,15 +61,20 @@ def sweep(
         False, help="Also build each point's report.html (slower; `capplan report DIR` later)."
     ),
 ) -> None:
-    """Raise the load until an SLO breaks or the server saturates; report the highest safe point."""
+    """Raise the load until an SLO breaks or the server saturates; report the highest safe point.
+
+    Exit 0: a load held every SLO; 1: none did; 2: usage; 3: the target failed (unreachable, a
+    point stopped early on it, or no request of the sweep succeeded); 130: interrupted."""
     import time
     from dataclasses import replace
 
     from rich.console import Console
 
-    from capplan.errors import InputError
+    from capplan.errors import EXIT_FAILED, InputError, TargetError
     from capplan.loadtest.httpx.run import run_load
     from capplan.loadtest.run import launched_target, load_scenario
+    from capplan.loadtest.summary_model import RunSummary
+    from capplan.loadtest.verdict import target_failure
     from capplan.planning.sweep import SweepInterrupted, SweepSpec, parse_slos, run_sweep
     from capplan.render.console import stdout_console
     from capplan.render.regression import sweep_table
@@ -114,6 +119,7 @@ def sweep(
         console.print(f"  {spec.axis}={point.load:g}: {verdict}{reused}", highlight=False)
 
     workload = _workload(config)
+    succeeded: list[Path] = []  # point-runs (measured now) in which some request succeeded
     with launched_target(config, out_dir) as target_url:
         base = replace(config, url=target_url, launch=None, ramp=None)
 
@@ -122,7 +128,13 @@ def sweep(
                 cfg = replace(base, concurrency=(int(load),), rate=(), seed=base.seed + repeat)
             else:
                 cfg = replace(base, rate=(load,), concurrency=(), seed=base.seed + repeat)
-            return run_load(cfg, out_dir=run_dir, reports=point_reports).summary
+            run = run_load(cfg, out_dir=run_dir, reports=point_reports)
+            if run.stopped is not None:  # a broken target: more points would say the same
+                failure = target_failure(RunSummary.from_dict(run.summary), run.records)
+                raise TargetError(f"{spec.axis}={load:g}: {failure} (records in {run_dir})")
+            if any(r.ok for r in run.records):
+                succeeded.append(run_dir)
+            return run.summary
 
         try:
             result = run_sweep(
@@ -136,6 +148,10 @@ def sweep(
             )
             raise typer.Exit(130) from None
     stdout_console().print(sweep_table(result))
+    if not succeeded and not any(point.resumed for point in result.points):
+        raise TargetError(f"no request of the sweep succeeded; see the point-runs in {out_dir}")
+    if result.highest_safe is None:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _workload(config: Any) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def validate(
     estimator's error. Exit 1 when a figure is off by more than --tolerance."""
     import time
 
-    from capplan.errors import InputError
+    from capplan.errors import InputError, TargetError
     from capplan.planning.validate import (
         WorkloadShape,
         estimated_figures,
@@ -71,8 +71,8 @@ def validate(
     summary = load_run(run, with_records=False).summary
     _check_same_workload(summary.config, shape, run)
     counts = summary.whole.requests
-    if not counts.ok:
-        raise InputError(
+    if not counts.ok:  # the target failed: exit 3, as `capplan loadtest` would
+        raise TargetError(
             f"no request succeeded in '{run}' (by status: {counts.by_status}); "
             "check that the workload fits (capplan estimate) and the server is up"
         )

@@ -40,6 +40,9 @@ class RequestRecord:
     finish_reason: str | None = None
     retry_after_s: float | None = None
     warmup: bool = False
+    extension: bool = False  # sent after the step's planned end, to reach --min-requests
+    retry: int = 0  # 0: a request's first send; k: its k-th resend after a 429/503 (closed loop)
+    backoff_s: float | None = None  # how long its sender then waited before sending again
 
     @property
     def ok(self) -> bool:

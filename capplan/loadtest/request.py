@@ -46,6 +46,11 @@ def request_body(target: Target, spec: PromptSpec) -> dict[str, Any]:
     return body
 
 
+def request_id(prefix: str, index: int, retry: int = 0) -> str:
+    """A request's id in its records: `s0-12`, and `s0-12.r1` for its first resend."""
+    return f"{prefix}{index}.r{retry}" if retry else f"{prefix}{index}"
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
     """The request headers an API key adds (every engine sends the same)."""
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -23,6 +23,7 @@ from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.request import Target
 from capplan.loadtest.scenario import LoadConfig, LoadStep, build_config, read_scenario
 from capplan.loadtest.summary import write_json
+from capplan.loadtest.window import WindowPlan
 
 if TYPE_CHECKING:
     from capplan.loadtest.telemetry.sampler import TelemetrySampler
@@ -40,6 +41,7 @@ class RunResult:
     summary: dict[str, Any]
     records: list[RequestRecord]
     interrupted: bool = False
+    stopped: dict[str, str] | None = None  # {"step", "reason"}: the target broke, the run stopped
     reports: list[Path] = field(default_factory=list)
     report_error: str | None = None
 
@@ -134,6 +136,50 @@ def step_offsets(config: LoadConfig, step: LoadStep, index: int) -> list[float] 
         duration_s=config.duration_s,
         ramp_to=step.ramp_to if step.kind == "ramp" else None,
     )
+
+
+def window_plan(config: LoadConfig, step: LoadStep) -> WindowPlan:
+    """The step's warmup, planned duration and extension bound (`capplan.loadtest.window`)."""
+    return WindowPlan(
+        duration_s=config.duration_s,
+        warmup_s=config.warmup_s,
+        warmup_requests=config.warmup_requests,
+        min_requests=step.min_requests(config.min_requests),
+        timeout_s=config.timeout_s,
+    )
+
+
+def extension_offsets(
+    config: LoadConfig, step: LoadStep, index: int, planned: list[float]
+) -> list[float]:
+    """Open loop: the arrivals after the planned schedule, sent only while the step is
+    extended to reach its minimum of measured requests (at most one timeout long)."""
+    needed = step.min_requests(config.min_requests) + config.warmup_requests
+    if needed == 0:
+        return []
+    if step.kind == "open":
+        # The same seeded process, drawn further: its planned part is unchanged.
+        end = config.duration_s if config.duration_s is not None else max(planned, default=0.0)
+        longer = schedule(
+            rate=step.rate,
+            arrival=config.arrival,
+            burstiness=config.burstiness,
+            seed=f"{config.seed}:{index}",
+            requests=len(planned) + needed,
+            duration_s=end + config.timeout_s,
+        )
+        return longer[len(planned) :]
+    # A ramp goes on at its final rate from its end.
+    end = config.duration_s or 0.0
+    extra = schedule(
+        rate=step.ramp_to,
+        arrival=config.arrival,
+        burstiness=config.burstiness,
+        seed=f"{config.seed}:{index}:extension",
+        requests=needed,
+        duration_s=config.timeout_s,
+    )
+    return [end + t for t in extra]
 
 
 def step_specs(builder: PromptBuilder, config: LoadConfig, scheduled: int | None) -> list[Any]:

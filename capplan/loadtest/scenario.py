@@ -1,11 +1,13 @@
 """Workload scenarios: a TOML file of flat keys, each of which a command-line flag can override.
 
 The key `prompt_tokens` is the flag `--prompt-tokens`; durations read `60s`, `2m`, `500ms` or a
-number of seconds. The full key list is `SCENARIO_KEYS`; docs/metrics.md explains the load models.
+number of seconds; `warmup` also reads `1r` (each user's first request). The full key list is
+`SCENARIO_KEYS`; docs/metrics.md explains the load models and a step's window.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +40,11 @@ class Slo:
         return any(v is not None for v in (self.ttft_ms, self.tpot_ms, self.e2e_ms))
 
 
+# A step is measured once this many requests started after its warmup have completed, unless
+# `min_requests` says otherwise: a closed loop's concurrency (one per user), an open loop's 1.
+OPEN_LOOP_MIN_REQUESTS = 1
+
+
 @dataclass(frozen=True)
 class LoadStep:
     """One rung of a ladder: closed loop at a concurrency, open loop at a rate, or a rate ramp."""
@@ -54,6 +61,12 @@ class LoadStep:
         if self.kind == "open":
             return f"rate={self.rate:g}"
         return f"ramp={self.rate:g}-{self.ramp_to:g}"
+
+    def min_requests(self, configured: int | None) -> int:
+        """Measured requests this step needs before it may end (`--min-requests`, or default)."""
+        if configured is not None:
+            return configured
+        return self.concurrency if self.kind == "closed" else OPEN_LOOP_MIN_REQUESTS
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,11 @@ class LoadConfig:
     requests: int | None = None  # per step
     duration_s: float | None = None  # per step
     warmup_s: float = 0.0
+    warmup_requests: int = 0  # per user (closed loop) or the step's first arrivals (open loop)
+    min_requests: int | None = None  # measured per step before it may end; None: see LoadStep
     stagger_s: float = 0.0  # closed loop: workers' first requests spread over this long
-    honor_retry_after: bool = False  # closed loop: wait out a 429/503's Retry-After, then resend
+    backoff: bool = True  # closed loop: after a 429/503 wait and retry, as the OpenAI clients do
+    max_retries: int = 2  # closed loop: resends of one refused request (openai-python's default)
     timeout_s: float = 120.0
     slo: Slo = field(default_factory=Slo)
     seed: int = 0
@@ -111,6 +127,7 @@ class LoadConfig:
         data["api_key"] = "***" if self.api_key else None
         data["load_model"] = self.steps[0].kind
         data["steps"] = [s.label for s in self.steps]
+        data["step_min_requests"] = {s.label: s.min_requests(self.min_requests) for s in self.steps}
         return data
 
 
@@ -137,8 +154,10 @@ SCENARIO_KEYS = [
     "requests",
     "duration",
     "warmup",
+    "min_requests",
     "stagger",
-    "honor_retry_after",
+    "backoff",
+    "max_retries",
     "timeout",
     "slo",
     "seed",
@@ -185,6 +204,9 @@ def build_config(
             merged["slo"] = slo
         else:
             merged[key] = value
+    # The key before `backoff`: it only waited out Retry-After; old scenario files keep working.
+    if "honor_retry_after" in merged:
+        merged.setdefault("backoff", merged.pop("honor_retry_after"))
     unknown = sorted(set(merged) - set(SCENARIO_KEYS))
     if unknown:
         raise InputError(f"unknown scenario key(s) {', '.join(unknown)}; known: {SCENARIO_KEYS}")
@@ -243,6 +265,11 @@ def _config_from(m: dict[str, Any]) -> LoadConfig:
     url = m.get("url")
     if url is None and launch is None:
         raise InputError("give a target: --url http://127.0.0.1:8000 or --launch")
+    warmup_s, warmup_requests = _warmup(m.get("warmup"))
+    if m.get("warmup") is None and len(concurrency) > 1:
+        warmup_requests = 1  # a ladder's steps each open new connections: skip their first round
+    min_requests = _optional_int(m.get("min_requests"), "min_requests", minimum=0)
+    max_retries = _optional_int(m.get("max_retries"), "max_retries", minimum=0)
     return replace(
         config,
         name=str(m.get("name", config.name)),
@@ -266,9 +293,12 @@ def _config_from(m: dict[str, Any]) -> LoadConfig:
         ramp=ramp,
         requests=requests,
         duration_s=duration,
-        warmup_s=_optional_seconds(m.get("warmup"), "warmup") or 0.0,
+        warmup_s=warmup_s,
+        warmup_requests=warmup_requests,
+        min_requests=min_requests,
         stagger_s=_optional_seconds(m.get("stagger"), "stagger") or 0.0,
-        honor_retry_after=_bool(m.get("honor_retry_after", False), "honor_retry_after"),
+        backoff=_bool(m.get("backoff", True), "backoff"),
+        max_retries=config.max_retries if max_retries is None else max_retries,
         timeout_s=_optional_seconds(m.get("timeout"), "timeout") or config.timeout_s,
         slo=_slo(m.get("slo") or {}),
         seed=int(m.get("seed", 0)),
@@ -280,16 +310,34 @@ def _optional_seconds(value: object, name: str) -> float | None:
     return None if value is None else parse_seconds(value, name)
 
 
-def _optional_int(value: object, name: str) -> int | None:
+def _optional_int(value: object, name: str, *, minimum: int = 1) -> int | None:
     if value is None:
         return None
     try:
         number = int(str(value))
     except ValueError:
         raise InputError(f"{name}: expected a whole number, got '{value}'") from None
-    if number < 1:
-        raise InputError(f"{name} must be at least 1")
+    if number < minimum:
+        raise InputError(f"{name} must be at least {minimum}")
     return number
+
+
+_WARMUP_REQUESTS = re.compile(r"\s*(\d+)\s*r(?:equests?)?\s*")
+
+
+def _warmup(value: object) -> tuple[float, int]:
+    """(seconds, requests per user): `5s` is a duration, `1r` each user's first request."""
+    if value is None:
+        return 0.0, 0
+    match = _WARMUP_REQUESTS.fullmatch(str(value))
+    if match is not None:
+        return 0.0, int(match[1])
+    try:
+        return parse_seconds(value, "warmup"), 0
+    except InputError:
+        raise InputError(
+            f"warmup: cannot read '{value}'; write a duration (5s) or requests per user (1r)"
+        ) from None
 
 
 def _number_list(value: object, name: str) -> list[float]:

@@ -165,7 +165,6 @@ def first_model_id(status: int, body: object) -> str | None:
 # --- what every engine does around the response: the record, failures, error bodies -----------
 
 ERROR_BODY_LIMIT = 500  # characters of an error body or exception kept in a record
-RETRY_STATUSES = (429, 503)  # answers whose Retry-After a closed-loop worker may honour
 
 
 def new_record(
@@ -227,16 +226,3 @@ def mark_incomplete(accumulator: StreamAccumulator, record: RequestRecord) -> No
     if not accumulator.done and accumulator.finish_reason is None and record.error is None:
         record.error = "incomplete"
         record.error_detail = "stream ended without [DONE] or a finish_reason"
-
-
-def retry_pause_s(record: RequestRecord, remaining_s: float | None) -> float:
-    """How long a closed-loop worker honouring Retry-After waits before its next request.
-
-    The server's Retry-After on a 429 or 503, capped by what is left of the step; 0 otherwise.
-    """
-    if record.status not in RETRY_STATUSES or not record.retry_after_s:
-        return 0.0
-    pause = max(0.0, record.retry_after_s)
-    if remaining_s is not None:
-        pause = min(pause, max(0.0, remaining_s))
-    return pause

@@ -24,8 +24,17 @@ from capplan.devices import list_devices
 from capplan.loadtest.metrics import RequestMetrics, request_metrics, stats
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.scenario import LoadConfig, LoadStep, Slo
+from capplan.loadtest.server_message import server_message
 from capplan.loadtest.summary_blocks import LoadModelRun
 from capplan.loadtest.summary_model import SCHEMA_VERSION, RunConfig, load_to_dict
+from capplan.loadtest.summary_run_blocks import Stopped
+from capplan.loadtest.window_summary import (
+    StepPlan,
+    retries_block,
+    retries_notes,
+    window_block,
+    window_notes,
+)
 
 # Open-loop generator lag above this at p99 means the client, not the server, set the pace.
 MAX_GENERATOR_LAG_P99_MS = 10.0
@@ -44,8 +53,10 @@ def summarize(
     interrupted: bool = False,
     engine: str = "httpx",
     run_id: str | None = None,
+    stopped: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The summary.json dict. `selfcheck` maps step label -> client self-check figures."""
+    """The summary.json dict. `selfcheck` maps step label -> client self-check figures;
+    `stopped` ({"step", "reason"}) says the engine stopped the run on a broken target."""
     records = list(records)
     config_dict = config.to_dict() if isinstance(config, LoadConfig) else dict(config or {})
     recorded = RunConfig(config_dict)
@@ -56,8 +67,10 @@ def summarize(
     for label in _step_order(records, config_dict):
         step_records = [r for r in records if r.step == label]
         check = (selfcheck or {}).get(label)
-        load = loads.get(label)
-        steps.append(summarize_step(step_records, slo, label=label, selfcheck=check, load=load))
+        load, plan = loads.get(label), StepPlan.from_config(config_dict, label)
+        steps.append(
+            summarize_step(step_records, slo, label=label, selfcheck=check, load=load, plan=plan)
+        )
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -77,6 +90,10 @@ def summarize(
     summary["steps"] = steps
     if interrupted:
         reasons.append("interrupted before the planned end: figures cover what finished")
+    stop = Stopped.from_dict(stopped)
+    if stop is not None:
+        summary["stopped"] = stop.to_dict()
+        reasons.append(stop.line)
     summary["valid"] = not reasons
     summary["reasons"] = reasons
     return summary
@@ -145,8 +162,10 @@ def summarize_step(
     label: str,
     selfcheck: Mapping[str, Any] | None = None,
     load: LoadStep | None = None,
+    plan: StepPlan | None = None,
 ) -> dict[str, Any]:
-    """One step's block: its load, requests, latencies, throughput, goodput, validity."""
+    """One step's block: its load, requests, latencies, throughput, goodput, validity; with the
+    step's `plan` (from the run's config) also its window and refusals."""
     warmup = [r for r in records if r.warmup]
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
@@ -160,7 +179,7 @@ def summarize_step(
             by_error[kind] += 1
             key = f"{kind} {r.status}" if r.status is not None else kind
             if key not in examples and len(examples) < MAX_ERROR_EXAMPLES:
-                examples[key] = _readable(r.error_detail)
+                examples[key] = server_message(r.error_detail, chars=ERROR_EXAMPLE_CHARS, empty="")
     all_metrics = [request_metrics(r) for r in measured]
     metrics = [m for r, m in zip(measured, all_metrics, strict=True) if r.ok]
     window_s = _window_s(measured)
@@ -211,6 +230,10 @@ def summarize_step(
     if selfcheck is not None:
         block["client"] = dict(selfcheck)
     reasons, notes = _validity(block, selfcheck)
+    if plan is not None:
+        window, retries = window_block(records, plan), retries_block(records)
+        block["window"], block["retries"] = window.to_dict(), retries.to_dict()
+        notes += window_notes(window, plan) + retries_notes(retries, records, plan)
     block["valid"] = not reasons
     block["reasons"] = reasons
     block["notes"] = notes
@@ -248,24 +271,6 @@ def _validity(
             "tokens per chunk is undercounted; give --tokenizer DIR to count the text"
         )
     return reasons, notes
-
-
-def _readable(detail: str | None) -> str:
-    """An error body as a person reads it: the message of an OpenAI-style JSON error."""
-    text = " ".join((detail or "").split())
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text[:ERROR_EXAMPLE_CHARS]
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            text = str(error["message"])
-        elif isinstance(error, str):
-            text = error
-        elif body.get("detail"):  # FastAPI's own errors
-            text = str(body["detail"])
-    return text[:ERROR_EXAMPLE_CHARS]
 
 
 def _meets(m: RequestMetrics, slo: Slo) -> bool:

@@ -3,7 +3,7 @@
 Each block reads itself with `from_dict`, tolerant of old and partial files (a missing figure
 is None, never a made-up zero), and writes itself with `to_dict` in the shape
 `capplan.loadtest.summary` writes, so that a summary read and written again is unchanged.
-`summary_model` puts them together into steps and runs.
+`summary_model` puts them together into steps and runs (the run's own: `summary_run_blocks`).
 """
 
 from __future__ import annotations
@@ -290,80 +290,71 @@ class LoadModelRun:
 
 
 @dataclass(frozen=True)
-class ServerFigures:
-    """One side of `server_view`: requests, mean TTFT/E2E (and queue time, server side only)."""
+class Window:
+    """`window`: a step as planned and as run, and whether (and why) it was extended to reach
+    its minimum of measured requests (`capplan.loadtest.window`)."""
 
-    requests: int | None = None
-    ttft_mean_ms: float | None = None
-    e2e_mean_ms: float | None = None
-    queue_mean_ms: float | None = None
-    output_tokens: int | None = None
-    prompt_tokens: int | None = None
-
-    @classmethod
-    def from_dict(cls, value: object) -> ServerFigures:
-        data = mapping(value)
-        return cls(
-            requests=count(data.get("requests")),
-            ttft_mean_ms=number(data.get("ttft_mean_ms")),
-            e2e_mean_ms=number(data.get("e2e_mean_ms")),
-            queue_mean_ms=number(data.get("queue_mean_ms")),
-            output_tokens=count(data.get("output_tokens")),
-            prompt_tokens=count(data.get("prompt_tokens")),
-        )
-
-    def to_dict(self, *, queue: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "requests": self.requests,
-            "ttft_mean_ms": self.ttft_mean_ms,
-            "e2e_mean_ms": self.e2e_mean_ms,
-        }
-        if queue:  # the client has no queue of its own to report
-            out["queue_mean_ms"] = self.queue_mean_ms
-        out["output_tokens"] = self.output_tokens
-        out["prompt_tokens"] = self.prompt_tokens
-        return out
-
-
-@dataclass(frozen=True)
-class ServerView:
-    """`server_view`: the server's own /metrics over the run beside the client's records."""
-
-    source: str = ""
-    server: ServerFigures = field(default_factory=ServerFigures)
-    client: ServerFigures = field(default_factory=ServerFigures)
-    ttft_gap_ms: float | None = None  # client minus server, mean TTFT
-    e2e_gap_ms: float | None = None
-    notes: tuple[str, ...] = ()
-    before: dict[str, float] = field(default_factory=dict)  # the raw counters read
-    after: dict[str, float] = field(default_factory=dict)
+    planned_s: float | None = None  # --duration; None for a step of --requests
+    ran_s: float | None = None
+    warmup: str | None = None  # as people read it: `2 s`, `1 request per user`, `none`
+    min_requests: int | None = None
+    measured: int | None = None
+    extended: bool = False
+    extension_requests: int | None = None
+    why: str | None = None  # one sentence; None when not extended
 
     @classmethod
-    def from_dict(cls, value: object) -> ServerView | None:
+    def from_dict(cls, value: object) -> Window | None:
         if not isinstance(value, Mapping):
-            return None
-        gap = mapping(value.get("client_minus_server_ms"))
+            return None  # a summary before schema 1.2, or a ladder's `overall`
         return cls(
-            source=str(value.get("source", "")),
-            server=ServerFigures.from_dict(value.get("server")),
-            client=ServerFigures.from_dict(value.get("client")),
-            ttft_gap_ms=number(gap.get("ttft_mean_ms")),
-            e2e_gap_ms=number(gap.get("e2e_mean_ms")),
-            notes=texts(value.get("notes")),
-            before=numbers(value.get("before")),
-            after=numbers(value.get("after")),
+            planned_s=number(value.get("planned_s")),
+            ran_s=number(value.get("ran_s")),
+            warmup=text(value.get("warmup")),
+            min_requests=count(value.get("min_requests")),
+            measured=count(value.get("measured")),
+            extended=value.get("extended") is True,
+            extension_requests=count(value.get("extension_requests")),
+            why=text(value.get("why")),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "source": self.source,
-            "server": self.server.to_dict(queue=True),
-            "client": self.client.to_dict(queue=False),
-            "client_minus_server_ms": {
-                "ttft_mean_ms": self.ttft_gap_ms,
-                "e2e_mean_ms": self.e2e_gap_ms,
-            },
-            "notes": list(self.notes),
-            "before": dict(self.before),
-            "after": dict(self.after),
+            "planned_s": self.planned_s,
+            "ran_s": self.ran_s,
+            "warmup": self.warmup,
+            "min_requests": self.min_requests,
+            "measured": self.measured,
+            "extended": self.extended,
+            "extension_requests": self.extension_requests,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
+class Retries:
+    """`retries`: a step's 429/503 answers, the resends and the time users waited."""
+
+    refused: int | None = None
+    resent: int | None = None
+    backoffs: int | None = None
+    backoff_s: float | None = None
+
+    @classmethod
+    def from_dict(cls, value: object) -> Retries | None:
+        if not isinstance(value, Mapping):
+            return None  # a summary before schema 1.2, or a ladder's `overall`
+        return cls(
+            refused=count(value.get("refused")),
+            resent=count(value.get("resent")),
+            backoffs=count(value.get("backoffs")),
+            backoff_s=number(value.get("backoff_s")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "refused": self.refused,
+            "resent": self.resent,
+            "backoffs": self.backoffs,
+            "backoff_s": self.backoff_s,
         }

@@ -2,9 +2,11 @@
 
 `capplan.loadtest.summary.summarize` writes the dict; `RunSummary.from_dict` reads it (old and
 partial files included) and `to_dict` writes it back unchanged. `schema_version` is
-`"MAJOR.MINOR"`: the minor grows when keys are added (1.1: each step's numeric `load`), the major
-when a reader of the old shape would misread the new. Files before 1.1 (`schema_version: 1`)
-get each step's load from the run's config, else from its label (`concurrency=4`).
+`"MAJOR.MINOR"`: the minor grows when keys are added (1.1: each step's numeric `load`; 1.2: each
+step's `window` and `retries`, the run's `stopped`), the major when a reader of the old shape
+would misread the new. Files before 1.1 (`schema_version: 1`) get each step's load from the
+run's config, else from its label (`concurrency=4`); files before 1.2 have no window, retries or
+stop (None).
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ from capplan.loadtest.summary_blocks import (
     Goodput,
     LoadModelRun,
     Requests,
-    ServerView,
+    Retries,
     Stats,
     Throughput,
     Tokens,
+    Window,
     count,
     mapping,
     number,
     text,
     texts,
 )
+from capplan.loadtest.summary_run_blocks import ServerView, Stopped
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 # The latency blocks of a step, in the order summary.json writes them (docs/metrics.md).
 LATENCY_BLOCKS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "latency_ms", "generator_lag_ms")
 OPEN_LOOP_BLOCKS = ("latency_ms", "generator_lag_ms")  # only where requests had a schedule
@@ -176,6 +180,8 @@ class StepSummary:
     throughput: Throughput = field(default_factory=Throughput)
     goodput: Goodput = field(default_factory=Goodput)
     client: ClientCheck | None = None
+    window: Window | None = None  # None before schema 1.2 and in `overall`
+    retries: Retries | None = None
     valid: bool = True
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
@@ -201,6 +207,8 @@ class StepSummary:
             throughput=Throughput.from_dict(value.get("throughput")),
             goodput=Goodput.from_dict(value.get("goodput")),
             client=ClientCheck.from_dict(client) if isinstance(client, Mapping) else None,
+            window=Window.from_dict(value.get("window")),
+            retries=Retries.from_dict(value.get("retries")),
             # Not recorded: valid unless it gives reasons, as `summarize` decides it.
             valid=valid if isinstance(valid, bool) else not reasons,
             reasons=reasons,
@@ -234,6 +242,10 @@ class StepSummary:
         out["goodput"] = self.goodput.to_dict()
         if self.client is not None:
             out["client"] = self.client.to_dict()
+        if self.window is not None:
+            out["window"] = self.window.to_dict()
+        if self.retries is not None:
+            out["retries"] = self.retries.to_dict()
         out["valid"] = self.valid
         out["reasons"] = list(self.reasons)
         out["notes"] = list(self.notes)
@@ -259,6 +271,7 @@ class RunSummary:
     config: RunConfig = field(default_factory=RunConfig)
     environment: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    stopped: Stopped | None = None  # the run stopped early on a broken target
     valid: bool = True
     reasons: tuple[str, ...] = ()
     started_at: float | None = None
@@ -289,6 +302,7 @@ class RunSummary:
             config=config,
             environment=dict(mapping(data.get("environment"))),
             interrupted=bool(data.get("interrupted", False)),
+            stopped=Stopped.from_dict(data.get("stopped")),
             valid=valid if isinstance(valid, bool) else not reasons,
             reasons=reasons,
             started_at=number(data.get("started_at")),
@@ -340,6 +354,8 @@ class RunSummary:
             out.update({k: v for k, v in block.items() if k != "step"})
             out["step"] = block["step"]
         out["steps"] = [s.to_dict() for s in self.steps]
+        if self.stopped is not None:
+            out["stopped"] = self.stopped.to_dict()
         out["valid"] = self.valid
         out["reasons"] = list(self.reasons)
         if self.started_at is not None:

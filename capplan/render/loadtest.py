@@ -12,8 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from capplan.loadtest.live import ProgressSnapshot
-from capplan.loadtest.summary_blocks import ServerView, Stats
+from capplan.loadtest.summary_blocks import Stats
 from capplan.loadtest.summary_model import RunSummary
+from capplan.loadtest.summary_run_blocks import ServerView
 
 
 def _ms(value: float | None) -> str:

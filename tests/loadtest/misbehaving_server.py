@@ -2,7 +2,10 @@
 
 The path picks the failure, so one server serves every test: a proxy's 500/502 HTML page, a
 connection reset mid-stream, a stream that stops sending, and streams of several tokens per
-chunk with usage only at the end, or no usage at all. `/v1/models` and `/metrics` answer 404.
+chunk with usage only at the end, or no usage at all. `/v1/models` and `/metrics` answer 404,
+except under `/listed/`, whose model list answers 200 and whose requests work like
+`usage_at_end`. `misbehaving_server(vanish_after=N)` dies after N answers: it stops listening
+and drops every connection, as a crashed server does.
 """
 
 from __future__ import annotations
@@ -23,20 +26,53 @@ def _sse(payload: object) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-            mode = head.split(b" ")[1].decode().strip("/").split("/")[0]
-            if not await _answer(mode, writer):
-                return
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
+class _Server:
+    def __init__(self, vanish_after: int | None) -> None:
+        self.vanish_after = vanish_after
+        self.answered = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                path = head.split(b" ")[1].decode().strip("/")
+                mode = path.split("/")[0]
+                if mode == "listed" and path.endswith("models"):
+                    await _models(writer)
+                    continue
+                if not await _answer("usage_at_end" if mode == "listed" else mode, writer):
+                    return
+                self.answered += 1
+                if self.vanish_after is not None and self.answered >= self.vanish_after:
+                    self.vanish()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.writers.discard(writer)
+
+    def vanish(self) -> None:
+        assert self.server is not None
+        self.server.close()  # nothing listens any more: new connections are refused
+        for writer in list(self.writers):
+            writer.transport.abort()
+
+
+async def _models(writer: asyncio.StreamWriter) -> None:
+    body = json.dumps({"object": "list", "data": [{"id": "listed", "object": "model"}]}).encode()
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+    await writer.drain()
 
 
 async def _answer(mode: str, writer: asyncio.StreamWriter) -> bool:
@@ -83,14 +119,15 @@ async def _answer(mode: str, writer: asyncio.StreamWriter) -> bool:
 
 
 @contextmanager
-def misbehaving_server() -> Iterator[str]:
+def misbehaving_server(*, vanish_after: int | None = None) -> Iterator[str]:
     """Base URL of the server, running in a thread on 127.0.0.1 with an ephemeral port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: dict[str, asyncio.Server] = {}
+    state = _Server(vanish_after)
 
     async def start() -> None:
-        holder["server"] = await asyncio.start_server(_handle, "127.0.0.1", 0)
+        holder["server"] = state.server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
         started.set()
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)

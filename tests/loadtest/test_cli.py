@@ -38,14 +38,16 @@ def test_thresholds_pass_with_exit_0_and_fail_with_exit_1(
 
 def test_flags_override_the_scenario(emulated_server: ServerFactory, tmp_path: Path) -> None:
     with emulated_server() as url:
-        flags = ["--concurrency", "2", "--max-tokens", "3", "--no-stream", "--honor-retry-after"]
+        flags = ["--concurrency", "2", "--max-tokens", "3", "--no-stream", "--no-backoff",
+                 "--max-retries", "1", "--min-requests", "3"]  # fmt: skip
         result = runner.invoke(app, _args(url, tmp_path, *flags))
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == "concurrency=2"
     assert summary["tokens"]["output_total"] == 4 * 3
     assert summary["config"]["stream"] is False
-    assert summary["config"]["honor_retry_after"] is True
+    assert (summary["config"]["backoff"], summary["config"]["max_retries"]) == (False, 1)
+    assert summary["window"]["min_requests"] == 3
 
 
 def test_a_bad_threshold_is_refused_before_any_request(tmp_path: Path) -> None:
@@ -80,7 +82,9 @@ def test_launch_starts_the_reference_server_and_stops_it_after(tmp_path: Path) -
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["requests"]["ok"] == 2 * 3  # two ladder steps
+    # Two ladder steps; the second, at concurrency 4, goes on to one request per user.
+    assert summary["requests"]["ok"] == 3 + 4
+    assert summary["steps"][1]["window"]["extension_requests"] == 1
     port = int(summary["config"]["target"].rsplit(":", 1)[1])
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more

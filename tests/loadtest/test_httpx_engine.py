@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from capplan.errors import TargetError
 from capplan.loadtest.httpx.run import run_load
 from capplan.loadtest.launch import launched_server
 from capplan.loadtest.run import RunResult, load_scenario
@@ -38,17 +39,30 @@ def timed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _assert_timing(result: RunResult, ttft_tolerance_ms: float) -> None:
+    """The client's TTFT and TPOT against the configured timing, allowing for what the run
+    itself measured of the machine's lateness rather than a fixed figure.
+
+    On an idle machine the client reads the configured TTFT plus the server's own work
+    (routing, admission, SSE framing): within `ttft_tolerance_ms`. On a machine shared with
+    other work both processes wake late. The server's lateness is in its own /metrics (its mean
+    TTFT, from arrival to first token, above the configured one); the client's is its
+    self-check's event-loop lag, and a request waits on about two of the client's wake-ups
+    (the send, the first chunk): allow both. A fixed 6 ms read 59 and 67 ms against 56 under
+    load and failed a fresh clone's `make test`; what this still catches is a client whose
+    timestamps are off by more than the lateness it measured itself.
+    """
     ok = [r for r in result.records if r.ok and not r.warmup]
     ttfts = [(r.first_token - r.send) * 1000 for r in ok if r.first_token is not None]
     tpots = [((r.end - r.first_token) * 1000) / (r.output_tokens - 1) for r in ok if r.first_token]
-    # The server's own work (routing, admission, SSE framing) adds a little before the first
-    # token. On a machine shared with other work the client's self-check sees how late its own
-    # timestamps ran; the server process was starved alike, so allow twice that.
     lag_p99 = result.summary["steps"][0]["client"]["loop_lag_ms"]["p99"] or 0.0
-    allowed = ttft_tolerance_ms + (2 * lag_p99 if lag_p99 > 5.0 else 0.0)
-    assert TTFT_MS - 1 <= statistics.median(ttfts) <= TTFT_MS + allowed
-    assert statistics.mean(tpots) == pytest.approx(TPOT_MS, abs=2.0)
-    assert result.summary["tpot_ms"]["p50"] == pytest.approx(TPOT_MS, abs=2.0)
+    server_ttft = (result.summary.get("server_view") or {}).get("server", {}).get("ttft_mean_ms")
+    server_late = max(0.0, server_ttft - TTFT_MS) if server_ttft is not None else 0.0
+    allowed = ttft_tolerance_ms + server_late + 2 * lag_p99
+    assert TTFT_MS - 1 <= statistics.median(ttfts) <= TTFT_MS + allowed, (lag_p99, server_ttft)
+    # TPOT is a difference of two timestamps: a late first token and a late last one partly
+    # cancel; what is left is at most one wake-up's lateness spread over the tokens.
+    assert statistics.mean(tpots) == pytest.approx(TPOT_MS, abs=2.0 + lag_p99)
+    assert result.summary["tpot_ms"]["p50"] == pytest.approx(TPOT_MS, abs=2.0 + lag_p99)
     assert result.summary["ttft_ms"]["p50"] == pytest.approx(statistics.median(ttfts), abs=0.01)
 
 
@@ -147,12 +161,15 @@ def test_open_loop_latency_includes_the_servers_queueing_under_overload(
 
 
 def test_429_and_503_are_counted_by_status(emulated_server: ServerFactory, tmp_path: Path) -> None:
-    # A rate limit of 2/minute refuses the 3rd and 4th requests of one client with 429...
+    # Without backoff (which would wait a minute here) a rate limit of 2/minute refuses the 3rd
+    # and 4th requests of one client with 429...
     with emulated_server(ttft_ms=1, rate_limit="2/minute") as url:
-        limited = _run(url, tmp_path / "429", concurrency="1", requests=4, max_tokens=2)
+        limited = _run(
+            url, tmp_path / "429", concurrency="1", requests=4, max_tokens=2, backoff=False
+        )
     # ...and one slot with no queue refuses the three requests that arrive beside the first.
     with emulated_server(ttft_ms=400, max_concurrent=1, queue_size=0) as url:
-        full = _run(url, tmp_path / "503", concurrency="4", requests=4, max_tokens=2)
+        full = _run(url, tmp_path / "503", concurrency="4", requests=4, max_tokens=2, backoff=False)
     assert limited.summary["requests"]["by_status"] == {"200": 2, "429": 2}
     assert full.summary["requests"]["by_status"] == {"200": 1, "503": 3}
     for result in (limited, full):
@@ -175,7 +192,7 @@ def test_non_streamed_requests_are_measured_end_to_end(
     assert result.summary["ttft_ms"]["count"] == 0
 
 
-def test_unreachable_target_counts_connect_errors(tmp_path: Path) -> None:
-    result = _run("http://127.0.0.1:9", tmp_path, requests=2, model_name="m")
-    assert result.summary["requests"]["by_status"] == {"connect_error": 2}
-    assert not result.summary["valid"]
+def test_an_unreachable_target_ends_the_run_before_its_first_request(tmp_path: Path) -> None:
+    with pytest.raises(TargetError, match=r"nothing answers at http://127\.0\.0\.1:9"):
+        _run("http://127.0.0.1:9", tmp_path, requests=2, model_name="m")
+    assert not (tmp_path / "requests.jsonl").exists()

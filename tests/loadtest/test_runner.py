@@ -81,5 +81,6 @@ def test_config_json_holds_the_full_config_with_seed_and_target(
         "engine": "httpx",
         "mode": "closed",
         "how": "closed loop: 2 asyncio workers; each sends its next request when its previous "
-        "one ends",
+        "one ends, after a 429/503 waits its Retry-After (at most 60 s) or a backoff of 0.5-8 s "
+        "and resends it (at most 2 times)",
     }

@@ -100,3 +100,12 @@ def test_config_dict_records_seed_target_and_hides_the_api_key() -> None:
 
 def test_shipped_scenarios_live_in_the_repository() -> None:
     assert {p.stem for p in SCENARIO_DIR.glob("*.toml")} >= set(SHIPPED)
+
+
+def test_backoff_is_on_by_default_and_the_old_retry_after_key_still_reads() -> None:
+    base = {"url": "http://a:1", "requests": 1}
+    assert (build_config(base).backoff, build_config(base).max_retries) == (True, 2)
+    assert build_config({**base, "honor_retry_after": False}).backoff is False
+    assert build_config({**base, "backoff": "off", "max_retries": 0}).max_retries == 0
+    with pytest.raises(InputError, match="min_requests must be at least 0"):
+        build_config({**base, "min_requests": -1})

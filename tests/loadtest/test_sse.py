@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from capplan.loadtest.record import RequestRecord
-from capplan.loadtest.sse import StreamAccumulator, apply_json_response, retry_pause_s
+from capplan.loadtest.sse import StreamAccumulator, apply_json_response
 
 
 def _feed(lines: list[str]) -> RequestRecord:
@@ -119,15 +119,3 @@ def test_non_streamed_body_fills_counts() -> None:
         },
     )
     assert (record.prompt_tokens, record.output_tokens, record.finish_reason) == (5, 7, "length")
-
-
-def test_retry_pause_is_the_retry_after_of_a_429_or_503_capped_by_the_time_left() -> None:
-    def refused(status: int, retry_after: float | None) -> RequestRecord:
-        return RequestRecord(request_id="r", status=status, retry_after_s=retry_after)
-
-    assert retry_pause_s(refused(429, 3.0), None) == 3.0
-    assert retry_pause_s(refused(503, 3.0), 1.5) == 1.5
-    assert retry_pause_s(refused(503, 3.0), -0.2) == 0.0  # the step is already over
-    assert retry_pause_s(refused(503, None), None) == 0.0
-    assert retry_pause_s(refused(500, 3.0), None) == 0.0  # only 429/503 ask the client to wait
-    assert retry_pause_s(refused(200, 3.0), None) == 0.0

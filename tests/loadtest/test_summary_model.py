@@ -21,6 +21,7 @@ from capplan.loadtest.summary import (
     summarize,
 )
 from capplan.loadtest.summary_model import SCHEMA_VERSION, RunSummary
+from capplan.loadtest.verdict import target_failure
 
 BASELINE = Path(__file__).resolve().parents[2] / "reports" / "baselines" / "ci-smoke"
 ENV = {"capplan": "test", "gpus": [{"index": 0, "name": "GPU", "memory_total_bytes": 1}]}
@@ -123,6 +124,20 @@ def _locust() -> dict[str, Any]:
     return summary
 
 
+def _extended_and_stopped() -> dict[str, Any]:
+    # Issue 12's blocks: refusals waited out and resent, an extension past the planned 0.5 s,
+    # and a run stopped on a broken target.
+    records = _records("concurrency=2")
+    refused = records[-1]
+    refused.backoff_s = 0.5
+    records[-2].retry = 1
+    for record in records[-3:]:
+        record.extension = True
+    config = _config(concurrency=[2], duration="0.5s", warmup="1r", min_requests=20)
+    stopped = {"step": "concurrency=2", "reason": "the first 5 answers were all HTTP 400: no"}
+    return summarize(records, config, environment=ENV, stopped=stopped)
+
+
 def _partial_config() -> dict[str, Any]:
     # As benchmarks and tests call it: a config naming the steps only (no numeric load).
     return summarize(_records("concurrency=64"), {"steps": ["concurrency=64"]}, environment={})
@@ -148,6 +163,7 @@ REAL = {
     "open-loop ladder": _open_ladder,
     "ramp": _ramp,
     "locust block": _locust,
+    "extended, refused and stopped": _extended_and_stopped,
     "config without numbers": _partial_config,
 }
 
@@ -178,7 +194,7 @@ def test_each_step_carries_its_load_as_numbers_from_the_config() -> None:
     ]
     ramp = _ramp()
     assert ramp["steps"][0]["load"] == {"kind": "ramp", "rate": 1.0, "ramp_to": 10.0}
-    assert ramp["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert ramp["schema_version"] == SCHEMA_VERSION == "1.2"
     # A step the config does not describe has no load, rather than one guessed from its label.
     assert "load" not in _partial_config()["steps"][0]
 
@@ -238,3 +254,26 @@ def test_old_and_partial_files_read_without_made_up_figures() -> None:
     )
     assert ladder.is_ladder and ladder.whole.requests.total == 4
     assert [s.load for s in ladder.steps] == [None, None]
+
+
+def test_the_model_reads_a_steps_window_its_refusals_and_the_runs_stop() -> None:
+    summary = RunSummary.from_dict(_extended_and_stopped())
+    window, retries = summary.whole.window, summary.whole.retries
+    assert window is not None and window.extended and window.extension_requests == 3
+    assert window.planned_s == 0.5 and window.min_requests == 20 and window.measured == 11
+    assert window.warmup == "1 request per user" and window.why is not None
+    assert retries is not None and (retries.refused, retries.resent, retries.backoffs) == (1, 1, 1)
+    assert summary.stopped is not None and summary.stopped.step == "concurrency=2"
+    assert summary.reasons[-1] == summary.stopped.line and not summary.valid
+    assert any(note.startswith("step extended: ") for note in summary.whole.notes)
+    assert target_failure(summary, []) == (
+        "the run stopped early in concurrency=2: the first 5 answers were all HTTP 400: no"
+    )
+
+
+def test_a_summary_before_schema_1_2_has_no_window_refusals_or_stop() -> None:
+    old = json.loads((BASELINE / "summary.json").read_text())
+    summary = RunSummary.from_dict(old)
+    assert summary.stopped is None
+    assert all(s.window is None and s.retries is None for s in summary.steps)
+    assert not {"window", "retries", "stopped"} & set(summary.to_dict())

@@ -21,6 +21,7 @@ from capplan.loadtest.metrics import percentile
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.record import RequestRecord
 from capplan.loadtest.request import Target
+from capplan.loadtest.window import WindowPlan
 
 MAX_TTFT_ERROR_MS = 2.0
 PROMPT = PromptSpec(prompt="ping " * 16, max_tokens=1, prompt_tokens=None)
@@ -71,7 +72,7 @@ async def _closed(
 ) -> tuple[list[RequestRecord], dict[str, object], float]:
     target = Target(base_url=url, model_name="selftest", stream=stream, timeout_s=60.0)
     spec = PromptSpec(PROMPT.prompt, max_tokens, None)
-    plan = StepPlan("selftest", [spec], requests, duration_s, 0.0, "x")
+    plan = StepPlan("selftest", [spec], requests, WindowPlan(duration_s=duration_s), "x")
     records: list[RequestRecord] = []
     clock = RunClock()
     monitor = LoopMonitor()
@@ -80,7 +81,7 @@ async def _closed(
         start = clock.now()
         await run_closed_step(
             clients, target, plan, concurrency, clock=clock, on_record=records.append,
-            stop=StopFlag(), stagger_s=stagger_s,
+            stop=StopFlag(), stagger_s=stagger_s, backoff=False,
         )  # fmt: skip
         wall = clock.now() - start
         report = monitor.step_report()

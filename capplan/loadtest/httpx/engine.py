@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from capplan.loadtest.backoff import MAX_RETRIES, Backoff
 from capplan.loadtest.clock import RunClock
+from capplan.loadtest.closed_loop import ClosedUser
 from capplan.loadtest.prompts import PromptSpec
 from capplan.loadtest.record import RequestRecord
-from capplan.loadtest.request import Target, auth_headers, request_body
+from capplan.loadtest.request import Target, auth_headers, request_body, request_id
 from capplan.loadtest.sse import (
     StreamAccumulator,
     TokenCounter,
@@ -34,8 +37,8 @@ from capplan.loadtest.sse import (
     new_record,
     record_deadline,
     record_failure,
-    retry_pause_s,
 )
+from capplan.loadtest.window import StepWindow, WindowPlan
 
 
 def make_client(target: Target, *, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
@@ -181,13 +184,13 @@ OnRecord = Callable[[RequestRecord], None]
 
 @dataclass
 class StepPlan:
-    """One step for the engine: prompts by index, and how many or how long."""
+    """One step for the engine: prompts by index, how many, and its window (how long, warmup,
+    extension)."""
 
     step: str
     specs: Sequence[PromptSpec]  # cycled when the step sends more requests than specs
     requests: int | None
-    duration_s: float | None
-    warmup_s: float
+    window: WindowPlan
     id_prefix: str
 
 
@@ -214,14 +217,15 @@ async def _send_planned(
     clock: RunClock,
     count_tokens: TokenCounter | None,
     intended_start: float | None = None,
+    retry: int = 0,
 ) -> RequestRecord:
-    """Request `index` of the step: its prompt (specs cycle) and its id."""
+    """Request `index` of the step (or its `retry`-th resend): its prompt (specs cycle), its id."""
     return await send_one(
         client,
         target,
         plan.specs[index % len(plan.specs)],
         clock=clock,
-        request_id=f"{plan.id_prefix}{index}",
+        request_id=request_id(plan.id_prefix, index, retry),
         step=plan.step,
         intended_start=intended_start,
         count_tokens=count_tokens,
@@ -247,42 +251,47 @@ async def run_closed_step(
     on_send: Callable[[], None] | None = None,
     count_tokens: TokenCounter | None = None,
     stagger_s: float = 0.0,
-    honor_retry_after: bool = False,
+    backoff: bool = True,
+    max_retries: int = MAX_RETRIES,
 ) -> None:
-    """N workers; each sends its next request when its previous one ends.
+    """N workers; each sends its next request when its previous one ends, until the step's
+    window closes (`capplan.loadtest.window`: duration or requests, then the extension).
 
     `stagger_s` spreads the workers' first requests evenly over that many seconds, so that
     equal requests do not stay in lockstep (every round a burst) for the whole step.
-    `honor_retry_after`: after a 429 or 503 with Retry-After, that worker waits as told
-    (at most until the step ends) instead of resending at once.
+    `backoff`: after a 429 or 503 a worker waits (`capplan.loadtest.backoff`) and resends.
     """
-    start = clock.now()
-    end = start + plan.duration_s if plan.duration_s is not None else None
-    counter = iter(range(plan.requests if plan.requests is not None else 10**12))
+    window = StepWindow(plan.window, clock.now())
+    planned: Iterator[int]
+    extra: Iterator[int]
+    if plan.requests is not None:
+        planned, extra = iter(range(plan.requests)), itertools.count(plan.requests)
+    else:
+        planned = extra = itertools.count()
 
     async def worker(number: int) -> None:
         if stagger_s > 0:
             await asyncio.sleep(stagger_s * number / concurrency)
         client = clients.acquire()  # each worker keeps its own connection
         try:
-            await loop_requests(client)
+            await loop_requests(client, number)
         finally:
             clients.release(client)
 
-    async def loop_requests(client: httpx.AsyncClient) -> None:
-        for index in counter:
-            if stop.is_set or (end is not None and clock.now() >= end):
-                return
+    async def loop_requests(client: httpx.AsyncClient, number: int) -> None:
+        refusals = Backoff(max_retries, seed=f"{plan.id_prefix}{number}") if backoff else None
+        user = ClosedUser(window, planned, extra, refusals)
+        while not stop.is_set and (send := user.next(clock.now())) is not None:
             if on_send is not None:
                 on_send()
             record = await _send_planned(
-                client, target, plan, index, clock=clock, count_tokens=count_tokens
-            )
-            record.warmup = record.send < start + plan.warmup_s
+                client, target, plan, send.index, clock=clock, count_tokens=count_tokens,
+                retry=send.retry,
+            )  # fmt: skip
+            wait = user.answered(record, send, clock.now())
             on_record(record)
-            if honor_retry_after:
-                remaining = end - clock.now() if end is not None else None
-                await _pause(retry_pause_s(record, remaining), stop)
+            if wait:
+                await _pause(wait, stop)
 
     await _gather_until_stopped([worker(n) for n in range(concurrency)], stop)
 
@@ -298,13 +307,16 @@ async def run_open_step(
     stop: StopFlag,
     on_send: Callable[[], None] | None = None,
     count_tokens: TokenCounter | None = None,
+    extension_offsets: Sequence[float] = (),
 ) -> None:
-    """Sends request i at `offsets[i]` whatever is still in flight (open loop)."""
+    """Sends request i at `offsets[i]` whatever is still in flight (open loop); then, while the
+    step's window is extended, the `extension_offsets`. Refused requests are never resent."""
     loop = asyncio.get_running_loop()
     start = clock.now() + 0.01
+    window = StepWindow(plan.window, start)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def one(index: int, intended: float) -> None:
+    async def one(index: int, intended: float, warmup: bool, extension: bool) -> None:
         client = clients.acquire()
         try:
             record = await _send_planned(
@@ -318,20 +330,26 @@ async def run_open_step(
             )
         finally:
             clients.release(client)
-        record.warmup = intended < start + plan.warmup_s
+        window.finished(warmup)
+        record.warmup, record.extension = warmup, extension
         on_record(record)
 
     async def generate() -> None:
-        for index, offset in enumerate(offsets):
+        for index, offset in enumerate(itertools.chain(offsets, extension_offsets)):
+            extension = index >= len(offsets)
+            if extension and window.done + window.in_flight >= plan.window.min_requests:
+                return  # enough measured requests already: the sum never falls
             intended = start + offset
             delay = intended - clock.now()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if stop.is_set:
+            if stop.is_set or (extension and not window.extend(clock.now())):
                 return
+            warmup = window.is_warmup(index, intended)
+            window.sent(warmup)
             if on_send is not None:
                 on_send()
-            task = loop.create_task(one(index, intended))
+            task = loop.create_task(one(index, intended, warmup, extension))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

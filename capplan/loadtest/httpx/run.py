@@ -13,17 +13,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from capplan.loadtest.backoff import backoff_how
 from capplan.loadtest.clock import RunClock
 from capplan.loadtest.httpx import engine
 from capplan.loadtest.httpx.engine import StopFlag
 from capplan.loadtest.httpx.selfcheck import LoopMonitor
 from capplan.loadtest.live import LiveStats
-from capplan.loadtest.probe import discover_model
-from capplan.loadtest.prompts import load_tokenizer, token_counter
+from capplan.loadtest.probe import preflight
+from capplan.loadtest.prompts import PromptBuilder, load_tokenizer, token_counter
 from capplan.loadtest.record import RecordWriter, RequestRecord
+from capplan.loadtest.request import Target
 from capplan.loadtest.run import (
     ProgressCallback,
     RunResult,
+    extension_offsets,
     finish_run,
     launched_target,
     prepare_out_dir,
@@ -35,9 +38,12 @@ from capplan.loadtest.run import (
     start_sampler,
     step_offsets,
     step_specs,
+    window_plan,
 )
 from capplan.loadtest.scenario import LoadConfig, LoadStep
 from capplan.loadtest.server_view import attach_server_view
+from capplan.loadtest.sse import TokenCounter
+from capplan.loadtest.stop import StopRules
 from capplan.loadtest.summary import (
     attach_load_model_runs,
     collect_environment,
@@ -59,7 +65,9 @@ def run_load(
     handle_signals: bool = True,
     reports: bool = True,
 ) -> RunResult:
-    """Runs every step of `config`; Ctrl-C (or SIGTERM) stops early and keeps what finished.
+    """Runs every step of `config`; Ctrl-C (or SIGTERM) stops early and keeps what finished, and
+    so does a broken target (`RunResult.stopped`, `capplan.loadtest.stop`). Raises
+    `TargetError` when the target does not answer before the first step (`probe.preflight`).
 
     `reports=False` skips report.md/html and parquet (`capplan report RUN_DIR` builds them later).
     """
@@ -82,6 +90,7 @@ class _Run:
         self.selfcheck: dict[str, dict[str, Any]] = {}
         self.ran: dict[str, dict[str, str]] = {}  # step label -> load_model_run
         self.interrupted = False
+        self.stopped: dict[str, str] | None = None
         self.sampler: TelemetrySampler | None = None  # from the first step on
         self.model_name = config.model_name
         self.run_id = out.name
@@ -101,7 +110,7 @@ class _Run:
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-            self.interrupted = stop.is_set
+            self.interrupted = stop.is_set and self.stopped is None
 
     def _on_signal(self, stop: Any, loop: asyncio.AbstractEventLoop) -> None:
         stop.set()
@@ -113,66 +122,57 @@ class _Run:
         assert config.url is not None
         counter = token_counter(load_tokenizer(config.tokenizer))
         builder = prompt_builder(config)
-        steps = config.steps
+        target = request_target(config, config.model_name or "default")
+        async with engine.ClientPool(target) as clients:
+            client = clients.acquire()
+            listed = await preflight(client, target, builder.build(0))
+            clients.release(client)
+            self.model_name = self.model_name or listed or "default"
+            target = replace(target, model_name=self.model_name)
+            await self._load(clients, target, builder, counter, stop)
+
+    async def _load(
+        self,
+        clients: engine.ClientPool,
+        target: Target,
+        builder: PromptBuilder,
+        counter: TokenCounter | None,
+        stop: StopFlag,
+    ) -> None:
+        config, steps = self.config, self.config.steps
         live = LiveStats(self.clock.now(), len(steps))
         self.sampler = start_sampler(self.clock, self.out, config.url)
         monitor = LoopMonitor()
         monitor.start()
         writer = RecordWriter(self.out / "requests.jsonl")
         reporter = asyncio.ensure_future(self._report_progress(live))
+        rules = {"now": StopRules()}  # the current step's
 
         def on_record(record: RequestRecord) -> None:
             writer.write(record)
             self.records.append(record)
             live.on_record(record)
+            reason = rules["now"].observe(record)
+            if reason is not None and self.stopped is None:
+                self.stopped = {"step": record.step, "reason": reason}
+                stop.set()  # in-flight requests are dropped: they would only say the same
 
-        target = request_target(config)
+        kwargs: dict[str, Any] = dict(
+            clock=self.clock, on_record=on_record, stop=stop, on_send=live.on_send,
+            count_tokens=counter,
+        )  # fmt: skip
         try:
-            async with engine.ClientPool(target) as clients:
-                if self.model_name is None:
-                    client = clients.acquire()
-                    self.model_name = await discover_model(client) or "default"
-                    clients.release(client)
-                target = replace(target, model_name=self.model_name)
-                save_run_config(self.out, config, self.model_name)
-                self.server_before = await asyncio.to_thread(scrape_server, config.url)
-                for index, step in enumerate(steps):
-                    if stop.is_set:
-                        break
-                    live.begin_step(step.label, index)
-                    offsets = step_offsets(config, step, index)
-                    plan = engine.StepPlan(
-                        step=step.label,
-                        specs=step_specs(
-                            builder, config, len(offsets) if offsets is not None else None
-                        ),
-                        requests=config.requests,
-                        duration_s=config.duration_s,
-                        warmup_s=config.warmup_s,
-                        id_prefix=f"s{index}-",
-                    )
-                    monitor.begin_step()
-                    kwargs: dict[str, Any] = dict(
-                        clock=self.clock,
-                        on_record=on_record,
-                        stop=stop,
-                        on_send=live.on_send,
-                        count_tokens=counter,
-                    )
-                    if offsets is None:
-                        await engine.run_closed_step(
-                            clients,
-                            target,
-                            plan,
-                            step.concurrency,
-                            stagger_s=config.stagger_s,
-                            honor_retry_after=config.honor_retry_after,
-                            **kwargs,
-                        )
-                    else:
-                        await engine.run_open_step(clients, target, plan, offsets, **kwargs)
-                    self.selfcheck[step.label] = monitor.step_report()
-                    self.ran[step.label] = load_model_run("httpx", *_how(config, step, offsets))
+            save_run_config(self.out, config, self.model_name)
+            self.server_before = await asyncio.to_thread(scrape_server, config.url)
+            for index, step in enumerate(steps):
+                if stop.is_set:
+                    break
+                rules["now"] = StopRules()
+                live.begin_step(step.label, index)
+                monitor.begin_step()
+                offsets = await self._step(clients, target, builder, index, step, kwargs)
+                self.selfcheck[step.label] = monitor.step_report()
+                self.ran[step.label] = load_model_run("httpx", *_how(config, step, offsets))
         finally:
             reporter.cancel()
             await monitor.stop()
@@ -180,6 +180,37 @@ class _Run:
             if self.server_before is not None:
                 self.server_after = await asyncio.to_thread(scrape_server, config.url)
             await asyncio.to_thread(self._stop_sampler)
+
+    async def _step(
+        self,
+        clients: engine.ClientPool,
+        target: Target,
+        builder: PromptBuilder,
+        index: int,
+        step: LoadStep,
+        kwargs: dict[str, Any],
+    ) -> list[float] | None:
+        """Runs one step; returns its open-loop schedule (None for a closed loop)."""
+        config = self.config
+        offsets = step_offsets(config, step, index)
+        plan = engine.StepPlan(
+            step=step.label,
+            specs=step_specs(builder, config, len(offsets) if offsets is not None else None),
+            requests=config.requests,
+            window=window_plan(config, step),
+            id_prefix=f"s{index}-",
+        )
+        if offsets is None:
+            await engine.run_closed_step(
+                clients, target, plan, step.concurrency, stagger_s=config.stagger_s,
+                backoff=config.backoff, max_retries=config.max_retries, **kwargs,
+            )  # fmt: skip
+        else:
+            extra = extension_offsets(config, step, index, offsets)
+            await engine.run_open_step(
+                clients, target, plan, offsets, extension_offsets=extra, **kwargs
+            )
+        return offsets
 
     async def _report_progress(self, live: LiveStats) -> None:
         if self.progress is None:
@@ -209,14 +240,17 @@ class _Run:
             environment=collect_environment(),
             interrupted=self.interrupted,
             run_id=self.run_id,
+            stopped=self.stopped,
         )
         summary["started_at"] = self.started
         summary["ended_at"] = self.clock.now()
         attach_load_model_runs(summary, self.ran)
         attach_server_view(summary, self.server_before, self.server_after, self.records)
-        return finish_run(
+        result = finish_run(
             self.out, summary, self.records, interrupted=self.interrupted, reports=reports
         )
+        result.stopped = self.stopped
+        return result
 
 
 def _how(config: LoadConfig, step: LoadStep, offsets: list[float] | None) -> tuple[str, str]:
@@ -226,11 +260,9 @@ def _how(config: LoadConfig, step: LoadStep, offsets: list[float] | None) -> tup
             f"closed loop: {step.concurrency} asyncio workers; each sends its next request "
             "when its previous one ends"
         )
-        if config.honor_retry_after:
-            how += ", after a 429/503 once its Retry-After has passed"
-        return "closed", how
+        return "closed", how + backoff_how(config.backoff, config.max_retries)
     shape = f"ramp {step.rate:g}->{step.ramp_to:g} req/s" if step.kind == "ramp" else config.arrival
     return "open", (
         f"open loop: {len(offsets)} scheduled arrivals ({shape}); each sent at its intended "
-        "start, never waiting for answers"
+        "start, never waiting for answers, never resent"
     )

@@ -66,7 +66,13 @@ class LocustOptions:
 def build_jobs(config: LoadConfig, *, model_name: str) -> list[LocustJob]:
     """Every step of `config` as a LocustJob: bodies, schedule and ids as the httpx runner's."""
     from capplan.loadtest.request import auth_headers, request_body
-    from capplan.loadtest.run import prompt_builder, request_target, step_offsets, step_specs
+    from capplan.loadtest.run import (
+        extension_offsets,
+        prompt_builder,
+        request_target,
+        step_offsets,
+        step_specs,
+    )
 
     assert config.url is not None
     target = request_target(config, model_name)
@@ -89,12 +95,18 @@ def build_jobs(config: LoadConfig, *, model_name: str) -> list[LocustJob]:
                 requests=config.requests if offsets is None else None,
                 duration_s=config.duration_s,
                 arrivals=offsets or [],
+                extension_arrivals=(
+                    extension_offsets(config, step, index, offsets) if offsets is not None else []
+                ),
                 warmup_s=config.warmup_s,
+                warmup_requests=config.warmup_requests,
+                min_requests=step.min_requests(config.min_requests),
                 timeout_s=config.timeout_s,
                 headers=headers,
                 request_id_prefix=f"s{index}-",
                 tokenizer=config.tokenizer,
-                honor_retry_after=config.honor_retry_after,
+                backoff=config.backoff,
+                max_retries=config.max_retries,
             )
         )
     return jobs
@@ -108,7 +120,8 @@ def run_locust(
     progress: Callable[[ProgressSnapshot], None] | None = None,
     reports: bool = True,
 ) -> RunResult:
-    """`run_load` through Locust: same outputs (requests.jsonl, telemetry, summary, reports).
+    """`run_load` through Locust: same outputs (requests.jsonl, telemetry, summary, reports),
+    the same preflight (`TargetError`) and the same stop on a broken target (`stopped`).
 
     `reports=False` skips report.md/html and parquet, as `run_load`'s.
     """
@@ -140,6 +153,7 @@ class _LocustRun:
         self.locust_dir = out / "locust"
         self.reports: list[dict[str, Any]] = []
         self.interrupted = False
+        self.stopped: dict[str, str] | None = None
         self.server_before: dict[str, float] | None = None
         self.server_after: dict[str, float] | None = None
 
@@ -149,7 +163,8 @@ class _LocustRun:
         from capplan.loadtest.run import save_run_config, scrape_server, start_sampler
 
         started = self.clock.now()
-        model_name = self.config.model_name or _discover_model(self.config) or "default"
+        listed = _preflight(self.config)  # before anything is started: TargetError ends here
+        model_name = self.config.model_name or listed or "default"
         jobs = build_jobs(self.config, model_name=model_name)
         save_run_config(self.out, self.config, model_name)
         self.server_before = scrape_server(self.config.url)
@@ -162,7 +177,10 @@ class _LocustRun:
             with launch.interrupt_on_sigterm():
                 for index, job in enumerate(jobs):
                     live.begin_step(job.step, index)
-                    self.reports.append(self._run_step(job, index))
+                    self.reports.append(report := self._run_step(job, index))
+                    if report.get("stopped"):
+                        self.stopped = {"step": job.step, "reason": str(report["stopped"])}
+                        break
         except KeyboardInterrupt:
             self.interrupted = True
         finally:
@@ -262,12 +280,17 @@ class _LocustRun:
             interrupted=self.interrupted,
             engine="locust",
             run_id=self.out.name,
+            stopped=self.stopped,
         )
         summary["started_at"] = started
         summary["ended_at"] = self.clock.now()
         apply_engine_block(summary, "locust", locust_block(self.options, self.reports))
         attach_server_view(summary, self.server_before, self.server_after, records)
-        return finish_run(self.out, summary, records, interrupted=self.interrupted, reports=reports)
+        result = finish_run(
+            self.out, summary, records, interrupted=self.interrupted, reports=reports
+        )
+        result.stopped = self.stopped
+        return result
 
 
 def locust_block(options: LocustOptions, reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -291,27 +314,29 @@ def _locust_version() -> str:
 
 
 def _how(job: LocustJob, report: dict[str, Any]) -> str:
+    from capplan.loadtest.backoff import backoff_how
+
     workers = report.get("workers", 1)
     if job.mode == "closed":
         how = (
             f"closed loop: {report.get('users', job.users)} Locust users on {workers} "
             "process(es); each sends its next request when its previous one ends"
         )
-        if job.honor_retry_after:
-            how += ", after a 429/503 once its Retry-After has passed"
-        return how
+        return how + backoff_how(job.backoff, job.max_retries)
     return (
         f"open loop: {len(job.arrivals)} scheduled arrivals split over {workers} process(es); "
-        "a pacer greenlet sends each at its intended start, never waiting for answers"
+        "a pacer greenlet sends each at its intended start, never waiting for answers, never "
+        "resent"
     )
 
 
-def _discover_model(config: LoadConfig) -> str | None:
-    from capplan.loadtest.probe import discover_model_at
-    from capplan.loadtest.request import Target
+def _preflight(config: LoadConfig) -> str | None:
+    """The model the target lists, once it answers (`probe.preflight`); else `TargetError`."""
+    from capplan.loadtest.probe import preflight_at
+    from capplan.loadtest.run import prompt_builder, request_target
 
-    assert config.url is not None
-    return discover_model_at(Target(base_url=config.url, api_key=config.api_key))
+    target = request_target(config, config.model_name or "default")
+    return preflight_at(target, prompt_builder(config).build(0))
 
 
 def child_command(*args: str) -> list[str]:

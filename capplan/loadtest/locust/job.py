@@ -9,9 +9,13 @@ No gevent here: the capplan process imports this module.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from capplan.loadtest.request import request_id
+from capplan.loadtest.window import WindowPlan
 
 
 @dataclass
@@ -27,12 +31,16 @@ class LocustJob:
     requests: int | None = None  # closed loop: total requests; None: until duration_s
     duration_s: float | None = None
     arrivals: list[float] = field(default_factory=list)  # open loop: send offsets from t0 (s)
+    extension_arrivals: list[float] = field(default_factory=list)  # open loop, while extended
     warmup_s: float = 0.0  # requests sent before t0 + warmup_s are marked warmup
+    warmup_requests: int = 0  # per user (closed), or the step's first arrivals (open)
+    min_requests: int = 0  # measured requests the whole step needs before it may end
     timeout_s: float = 120.0
     headers: dict[str, str] = field(default_factory=dict)
     request_id_prefix: str = ""
     tokenizer: str | None = None  # counts output tokens when the server reports no usage
-    honor_retry_after: bool = False  # closed loop: wait out a 429/503's Retry-After, then resend
+    backoff: bool = True  # closed loop: wait and resend after a 429/503 (loadtest.backoff)
+    max_retries: int = 2
 
     @property
     def total(self) -> int | None:
@@ -47,8 +55,27 @@ class LocustJob:
     def body_prompt_tokens(self, index: int) -> int | None:
         return self.prompt_tokens[index % len(self.prompt_tokens)] if self.prompt_tokens else None
 
-    def request_id(self, index: int) -> str:
-        return f"{self.request_id_prefix}{index}"  # as the httpx engine names them
+    def request_id(self, index: int, retry: int = 0) -> str:
+        return request_id(self.request_id_prefix, index, retry)  # as the httpx engine names them
+
+    def arrival(self, index: int) -> float:
+        """Open loop: arrival `index` of the planned schedule, then of its extension."""
+        n = len(self.arrivals)
+        return self.arrivals[index] if index < n else self.extension_arrivals[index - n]
+
+    def window_plan(self, share: Share) -> WindowPlan:
+        """One worker's window: the step's, with the minimum shared out as the work is."""
+        if self.mode == "closed":
+            part = len(share.slots) / self.users if self.users else 1.0
+        else:
+            part = 1.0 / share.n_workers
+        return WindowPlan(
+            duration_s=self.duration_s,
+            warmup_s=self.warmup_s,
+            warmup_requests=self.warmup_requests,
+            min_requests=math.ceil(self.min_requests * part),
+            timeout_s=self.timeout_s,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +116,9 @@ class Share:
         return [i for i in range(job.requests) if i % job.users in mine]
 
     def open_indices(self, job: LocustJob) -> range:
-        return range(self.position, len(job.arrivals), self.n_workers)
+        """This worker's arrivals: the planned ones, then those of the extension."""
+        total = len(job.arrivals) + len(job.extension_arrivals)
+        return range(self.position, total, self.n_workers)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

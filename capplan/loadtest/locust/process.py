@@ -16,6 +16,7 @@ Imports gevent (through locust): never imported by the capplan process.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import sys
@@ -30,6 +31,7 @@ from locust.env import Environment
 from locust.log import setup_logging
 from locust.runners import MasterRunner, WorkerRunner
 
+from capplan.loadtest.backoff import MAX_RETRY_AFTER_S
 from capplan.loadtest.clock import RunClock
 from capplan.loadtest.locust.job import LocustJob, Share
 from capplan.loadtest.locust.selfcheck import client_check
@@ -58,8 +60,9 @@ class StepReport:
     duplicates_dropped: int = 0
     per_worker: dict[str, int] = field(default_factory=dict)
     clock_offsets_ms: dict[str, float] = field(default_factory=dict)
-    complete: bool = False
+    complete: bool = False  # every planned request was sent (extensions and resends aside)
     problem: str | None = None
+    stopped: str | None = None  # the target looked broken (capplan.loadtest.stop): run stops
     client: dict[str, Any] = field(default_factory=dict)  # per-worker self-check, worst decides
 
 
@@ -143,7 +146,8 @@ def run_local(job: LocustJob, records_path: Path, *, ui_port: int | None = None)
         report.records = writer.count
         report.per_worker = {share.worker: writer.count}
         report.client = client_check({share.worker: state.selfcheck})
-        report.complete = job.total is None or writer.count == job.total
+        report.complete = job.total is None or state.planned_done >= job.total
+        report.stopped = state.stopped
         runner.quit()
         state.close()
     return report
@@ -163,6 +167,8 @@ class Collector:
         self.seen: set[str] = set()
         self.received: dict[str, int] = {}
         self.done: dict[str, int] = {}
+        self.planned: dict[str, int] = {}
+        self.stopped: dict[str, str] = {}
         self.client: dict[str, dict[str, Any]] = {}
         self.ready: set[str] = set()
         self.offsets: dict[str, float] = {}  # worker clock minus master clock (s)
@@ -197,6 +203,9 @@ class Collector:
 
     def on_done(self, environment: Environment, msg: Any) -> None:
         self.done[msg.node_id] = int(msg.data["sent"])
+        self.planned[msg.node_id] = int(msg.data.get("planned", msg.data["sent"]))
+        if msg.data.get("stopped"):
+            self.stopped[msg.node_id] = str(msg.data["stopped"])
         self.client[msg.node_id] = dict(msg.data.get("client") or {})
         self.last_activity = time.monotonic()
         self.changed.set()
@@ -297,9 +306,11 @@ def run_master(
         report.clock_offsets_ms = {
             names[w]: round(collector.offsets.get(w, 0.0) * 1000.0, 3) for w in active
         }
-        # Silence longer than a request may take, plus the longest planned pause, is a stall.
-        gaps = [b - a for a, b in zip(job.arrivals, job.arrivals[1:], strict=False)]
-        stall_s = job.timeout_s + 30.0 + max(gaps, default=0.0)
+        # Silence longer than a request may take, plus the longest planned pause (an arrival
+        # gap, a backoff), is a stall.
+        arrivals = job.arrivals + job.extension_arrivals
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        stall_s = job.timeout_s + 30.0 + max([*gaps, MAX_RETRY_AFTER_S])
         while not collector.all_done(active):
             collector.changed.clear()
             collector.changed.wait(timeout=1.0)
@@ -316,8 +327,9 @@ def run_master(
         report.per_worker = {names.get(w, w): n for w, n in collector.received.items()}
         report.client = client_check({names.get(w, w): c for w, c in collector.client.items()})
         report.complete = report.problem is None and (
-            job.total is None or writer.count == job.total
+            job.total is None or sum(collector.planned.values()) >= job.total
         )
+        report.stopped = next(iter(collector.stopped.values()), None)
         runner.quit()
     return report
 
@@ -346,7 +358,15 @@ def run_worker(master_host: str, master_port: int) -> None:
     def _report_done() -> None:
         state.finished.wait()
         sink.flush()
-        runner.send_message("capplan_done", {"sent": state.done, "client": state.selfcheck})
+        runner.send_message(
+            "capplan_done",
+            {
+                "sent": state.done,
+                "planned": state.planned_done,
+                "stopped": state.stopped,
+                "client": state.selfcheck,
+            },
+        )
 
     runner.register_message("capplan_job", on_job)
     runner.register_message("capplan_go", on_go)

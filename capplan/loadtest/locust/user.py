@@ -28,7 +28,9 @@ from locust import User, constant, task
 from locust.exception import StopUser
 
 from capplan.errors import InputError
+from capplan.loadtest.backoff import Backoff
 from capplan.loadtest.clock import RunClock
+from capplan.loadtest.closed_loop import ClosedUser
 from capplan.loadtest.locust.job import LocustJob, Share
 from capplan.loadtest.locust.selfcheck import GeventLoopMonitor
 from capplan.loadtest.prompts import load_tokenizer, token_counter
@@ -44,8 +46,9 @@ from capplan.loadtest.sse import (
     new_record,
     record_deadline,
     record_failure,
-    retry_pause_s,
 )
+from capplan.loadtest.stop import StopRules
+from capplan.loadtest.window import StepWindow
 
 # A pool sized to the largest number of requests one worker may hold open: geventhttpclient's
 # pool is a semaphore, and a smaller one would queue requests inside the client (hidden
@@ -71,8 +74,14 @@ class WorkerState:
     selfcheck: dict[str, Any] = field(default_factory=dict)  # the last step's client check
     sent: int = 0
     done: int = 0
+    planned_done: int = 0  # first sends of planned requests (the step is complete at its total)
+    window: StepWindow | None = None
+    rules: StopRules = field(default_factory=StopRules)
+    stopped: str | None = None  # why the target looks broken: no further sends this step
     _client: HTTPClient | None = None
-    _queue: Iterator[int] | None = None
+    _planned: Iterator[int] | None = None
+    _extra: Iterator[int] | None = None
+    _users_claimed: int = 0
     _users_left: int = 0
     _pacer_claimed: bool = False
     _count_tokens: TokenCounter | None = None
@@ -81,7 +90,9 @@ class WorkerState:
     def begin(self, job: LocustJob, share: Share, local_users: int) -> None:
         """Arms the step; users blocked on `go` start at t0."""
         self.job, self.share = job, share
-        self.sent = self.done = 0
+        self.sent = self.done = self.planned_done = self._users_claimed = 0
+        self.window = StepWindow(job.window_plan(share), share.t0)
+        self.rules, self.stopped = StopRules(), None
         self.finished.clear()
         self._count_tokens = _token_counter(job.tokenizer)
         self.monitor.start()
@@ -95,19 +106,24 @@ class WorkerState:
         self._users_left = local_users
         self._pacer_claimed = False
         if job.mode == "closed":
-            indices = share.closed_indices(job)
-            self._queue = iter(indices) if indices is not None else _unbounded(job, share)
+            everything = _unbounded(job, share)
+            if job.requests is None:
+                self._planned = self._extra = everything
+            else:
+                self._planned = iter(share.closed_indices(job) or [])
+                self._extra = (i for i in everything if i >= job.requests)
         self.go.set()
 
-    def next_closed_index(self) -> int | None:
-        assert self.job is not None and self._queue is not None
-        if self.job.duration_s is not None and self.clock.now() >= self._deadline():
-            return None
-        return next(self._queue, None)
-
-    def _deadline(self) -> float:
-        assert self.job is not None and self.share is not None
-        return self.share.t0 + (self.job.duration_s or 0.0)
+    def closed_user(self) -> ClosedUser:
+        """The next of this worker's closed-loop users, numbered by its slot as the httpx
+        engine numbers its workers (so both back off alike)."""
+        assert self.job is not None and self.share is not None and self.window is not None
+        assert self._planned is not None and self._extra is not None
+        job, slots = self.job, self.share.slots
+        slot = slots[self._users_claimed] if self._users_claimed < len(slots) else -1
+        self._users_claimed += 1
+        backoff = Backoff(job.max_retries, seed=f"{job.request_id_prefix}{slot}")
+        return ClosedUser(self.window, self._planned, self._extra, backoff if job.backoff else None)
 
     def claim_pacer(self) -> bool:
         """True for the first user of an open-loop step: one pacer per worker, never two."""
@@ -126,7 +142,11 @@ class WorkerState:
             self.selfcheck = self.monitor.stop()
             self.finished.set()
 
-    def run_request(self, index: int, intended: float | None) -> RequestRecord:
+    def run_request(
+        self, index: int, retry: int = 0, intended: float | None = None
+    ) -> RequestRecord:
+        """Sends request `index` (its `retry`-th resend) and measures it; `deliver` hands the
+        record on once its sender has marked it."""
         assert self.job is not None and self.share is not None and self._client is not None
         self.sent += 1
         record = send_request(
@@ -136,24 +156,22 @@ class WorkerState:
             self.clock,
             intended=intended,
             count_tokens=self._count_tokens,
+            retry=retry,
         )
         record.worker = self.share.worker
-        # Warmup by event time, as the httpx engine: intended start in open loop, send in closed.
-        started = intended if intended is not None else record.send
-        record.warmup = started < self.share.t0 + self.job.warmup_s
-        self.sink.add(record)
-        self.done += 1
-        if self.fire_event is not None:
-            report_to_locust(self.fire_event, record)
         return record
 
-    def retry_pause_s(self, record: RequestRecord) -> float:
-        """Closed loop with `honor_retry_after`: the wait before this user's next request."""
-        assert self.job is not None
-        if not self.job.honor_retry_after:
-            return 0.0
-        remaining = self._deadline() - self.clock.now() if self.job.duration_s is not None else None
-        return retry_pause_s(record, remaining)
+    def deliver(self, record: RequestRecord) -> None:
+        """The finished record to the sink and Locust's stats; a broken target stops the step."""
+        self.sink.add(record)
+        self.done += 1
+        if record.retry == 0 and not record.extension:
+            self.planned_done += 1
+        if self.fire_event is not None:
+            report_to_locust(self.fire_event, record)
+        reason = self.rules.observe(record)
+        if reason is not None and self.stopped is None:
+            self.stopped = reason
 
     def close(self) -> None:
         if self._client is not None:
@@ -189,14 +207,16 @@ def send_request(
     *,
     intended: float | None = None,
     count_tokens: TokenCounter | None = None,
+    retry: int = 0,
 ) -> RequestRecord:
-    """Sends request `index` of the job and measures it; never raises for a failed request.
+    """Sends request `index` of the job (or its `retry`-th resend) and measures it; never
+    raises for a failed request.
 
     Same fields, same error classes and same stream handling as `httpx.engine.send_one`: both
     build, fail and finish records through `capplan.loadtest.sse`.
     """
     record = new_record(
-        request_id=job.request_id(index),
+        request_id=job.request_id(index, retry),
         step=job.step,
         endpoint=job.endpoint,
         stream=job.stream,
@@ -291,34 +311,52 @@ def report_to_locust(fire: Callable[..., None], record: RequestRecord) -> None:
 
 
 def run_closed_user(state: WorkerState) -> None:
-    """One closed-loop user: the next request of this worker's share as soon as one finishes."""
+    """One closed-loop user: its next request as soon as one finishes, while the window lets it
+    (`capplan.loadtest.closed_loop`, as the httpx engine's workers)."""
     try:
         state.wait_for_start()
-        while (index := state.next_closed_index()) is not None:
-            record = state.run_request(index, intended=None)
-            pause = state.retry_pause_s(record)
-            if pause > 0:
-                gevent.sleep(pause)
+        user = state.closed_user()
+        while state.stopped is None and (send := user.next(state.clock.now())) is not None:
+            record = state.run_request(send.index, send.retry)
+            wait = user.answered(record, send, state.clock.now())
+            state.deliver(record)
+            if wait:
+                gevent.sleep(wait)
     finally:
         state.user_finished()
 
 
 def run_open_pacer(state: WorkerState) -> None:
-    """The open loop: one greenlet per arrival, spawned at its intended start.
+    """The open loop: one greenlet per arrival, spawned at its intended start, then, while the
+    window is extended, the extension's arrivals. Refused arrivals are never resent.
 
     Sends never wait for earlier answers, so a slow server delays nothing but its own
     responses; the generator's lag (send - intended) is in every record.
     """
-    assert state.job is not None and state.share is not None
-    job, share = state.job, state.share
+    assert state.job is not None and state.share is not None and state.window is not None
+    job, share, window = state.job, state.share, state.window
     in_flight: list[gevent.Greenlet[Any, Any]] = []
+
+    def one(index: int, intended: float, warmup: bool, extension: bool) -> None:
+        record = state.run_request(index, intended=intended)
+        window.finished(warmup)
+        record.warmup, record.extension = warmup, extension
+        state.deliver(record)
+
     try:
         for index in share.open_indices(job):
-            intended = share.t0 + job.arrivals[index]
+            extension = index >= len(job.arrivals)
+            if extension and window.done + window.in_flight >= window.plan.min_requests:
+                break  # enough measured requests already: the sum never falls
+            intended = share.t0 + job.arrival(index)
             delay = intended - state.clock.now()
             if delay > 0:
                 gevent.sleep(delay)
-            in_flight.append(gevent.spawn(state.run_request, index, intended))
+            if state.stopped is not None or (extension and not window.extend(state.clock.now())):
+                break
+            warmup = window.is_warmup(index, intended)
+            window.sent(warmup)
+            in_flight.append(gevent.spawn(one, index, intended, warmup, extension))
             if len(in_flight) > 1024:
                 in_flight = [g for g in in_flight if not g.dead]
         gevent.joinall(in_flight)

@@ -101,6 +101,7 @@ def _resummarize(records: list[RequestRecord], old: RunSummary, run_id: str) -> 
         interrupted=old.interrupted,
         engine=old.engine or "unknown",
         run_id=old.run_id or run_id,
+        stopped=old.stopped.to_dict() if old.stopped is not None else None,
     )
     if old.started_at is not None:
         summary["started_at"] = old.started_at

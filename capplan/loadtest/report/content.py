@@ -20,8 +20,9 @@ from capplan.loadtest.report import plots
 from capplan.loadtest.report.energy import energy_between, energy_columns, joules_per_token
 from capplan.loadtest.report.frame import run_start
 from capplan.loadtest.report.timeline import timeline_figure
-from capplan.loadtest.summary_blocks import ServerView, Stats
+from capplan.loadtest.summary_blocks import Stats
 from capplan.loadtest.summary_model import RunConfig, RunSummary, StepSummary
+from capplan.loadtest.summary_run_blocks import ServerView
 
 
 @dataclass

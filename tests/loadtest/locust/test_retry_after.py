@@ -1,4 +1,4 @@
-"""The Locust engine honours Retry-After like the httpx engine when asked to."""
+"""The Locust engine waits out a Retry-After like the httpx engine (the default backoff)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_a_refused_locust_user_waits_until_the_step_ends(tmp_path: Path) -> None
         config = build_config(
             {},
             dict(url=url, concurrency="2", duration="1s", prompt_tokens=8, max_tokens=2,
-                 honor_retry_after=True, model_name="m"),
+                 model_name="m"),
         )  # fmt: skip
         result = run_locust(config, out_dir=tmp_path / "run", reports=False)
     by_status = result.summary["requests"]["by_status"]
