@@ -64,6 +64,7 @@ def calibrate(
         raise InputError("give --url (measure now) or --from (a finished run), not both")
     if rounds < 1 or max_tokens < 2:
         raise InputError("--rounds must be at least 1 and --max-tokens at least 2")
+    runtime = runtime or ("hf" if url is not None or from_run is not None else "capplan")
     step = step_model_from_options(EstimateOptions(model=model, gpu=gpu, runtime=runtime))
     command = f"capplan calibrate --model {model} --gpu {gpu} --runtime {runtime}"
     if from_run is not None:
@@ -144,15 +145,12 @@ def _run_point(
         "name": f"calibrate-{point.label}",
         "concurrency": point.concurrency,
         "requests": point.concurrency * (rounds + 1),
+        # Each user's first request pays one-off costs (connections, kernels' first launch).
+        "warmup": "1r",
         "prompt_tokens": point.prompt_tokens,
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "tokenizer": tokenizer,
         "endpoint": endpoint,
     }
-    result = run_load(load_scenario(None, overrides), out_dir=where, reports=False)
-    records = sorted(result.records, key=lambda r: r.send)
-    # Each user's first request pays one-off costs (connections, kernels' first launch).
-    for record in records[: point.concurrency]:
-        record.warmup = True
-    return records
+    return run_load(load_scenario(None, overrides), out_dir=where, reports=False).records
