@@ -132,13 +132,18 @@ class AdmissionGate:
                 retry_after_s=self.retry_after_s(),
             )
         start = time.monotonic()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         self._blocks[waiter] = blocks
         self._changed()
+        # A timer rather than asyncio.wait_for: before Python 3.12, wait_for swallows a cancel
+        # that lands just as the slot is handed over (gh-86296), and a client that left would
+        # then hold the slot until its generation ended.
+        expiry = loop.call_later(self.queue_timeout_s, self._expire, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout=self.queue_timeout_s)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 # The slot was handed over just as we gave up: pass it on.
                 self.release(kv_tokens=kv_tokens)
@@ -147,16 +152,26 @@ class AdmissionGate:
                 self._remove(waiter)
                 self._grant()  # the head may have been blocking smaller requests behind it
                 self._changed()
-            if isinstance(exc, asyncio.TimeoutError):
-                raise QueueTimeout(
-                    f"waited {self.queue_timeout_s:g} s in the queue without a free slot",
-                    retry_after_s=self.retry_after_s(),
-                ) from None
             raise
         finally:
+            expiry.cancel()
             self._blocks.pop(waiter, None)
         self._changed()
         return time.monotonic() - start
+
+    def _expire(self, waiter: asyncio.Future[None]) -> None:
+        """The queue timeout: refuse a waiter still without a slot."""
+        if waiter.done():
+            return
+        self._remove(waiter)
+        waiter.set_exception(
+            QueueTimeout(
+                f"waited {self.queue_timeout_s:g} s in the queue without a free slot",
+                retry_after_s=self.retry_after_s(),
+            )
+        )
+        self._grant()  # the head may have been blocking smaller requests behind it
+        self._changed()
 
     def _changed(self) -> None:
         if self.on_change is not None:

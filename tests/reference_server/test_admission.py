@@ -26,6 +26,24 @@ def test_waiter_cancelled_while_queued_leaves_no_trace() -> None:
     asyncio.run(main())
 
 
+def test_cancel_landing_as_the_slot_is_handed_over_frees_the_slot() -> None:
+    # The client leaves in the same loop turn that a release hands its queued request the slot
+    # (the race behind a flaky disconnect test): the cancel must win and the slot come back.
+    async def main() -> None:
+        gate = AdmissionGate(max_concurrent=1, queue_size=2, queue_timeout_s=10)
+        await gate.acquire()
+        waiter = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        assert gate.queued == 1
+        gate.release()  # grants the waiter ...
+        waiter.cancel()  # ... which is cancelled before it resumes
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert (gate.running, gate.queued) == (0, 0)
+
+    asyncio.run(main())
+
+
 def test_release_hands_the_slot_to_the_oldest_waiter() -> None:
     async def main() -> None:
         gate = AdmissionGate(max_concurrent=1, queue_size=2, queue_timeout_s=10)
