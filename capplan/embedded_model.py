@@ -32,7 +32,6 @@ def vocabulary() -> list[str]:
     return [UNK_TOKEN, PAD_TOKEN, IM_START, IM_END, *chars]
 
 
-
 # Small enough that CPU generation takes about a millisecond a step, shaped like Qwen3
 # (grouped-query attention, q/k norms, untied head).
 TINY_CONFIG: dict[str, int | float | bool | str] = {

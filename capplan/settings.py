@@ -48,8 +48,9 @@ class ServerSettings:
     )  # fmt: skip
     # connections (per process)
     max_connections: int | None = _setting(
-        None, "Open connections per process, 503 beyond; default: what the open-file limit "
-        "allows (less 64 and the listen backlog)."
+        None,
+        "Open connections per process, 503 beyond; default: what the open-file limit "
+        "allows (less 64 and the listen backlog).",
     )
     header_timeout_s: float = _setting(
         10.0, "Longest wait for a request's headers (408 and close beyond).", unit="s"
@@ -76,18 +77,14 @@ class ServerSettings:
         None, "Prompt + max_tokens limit; default: the model's.", unit="tokens", emit=True
     )
     strict: bool = _setting(False, "422 for max_tokens over the cap instead of clamping.")
-    rate_limit: str | None = _setting(
-        None, "Per client, e.g. '10/minute;100/hour'.", emit=True
-    )
+    rate_limit: str | None = _setting(None, "Per client, e.g. '10/minute;100/hour'.", emit=True)
     rate_limit_storage: str = _setting(
         "memory://", "limits storage URI: memory:// (per worker) or redis://host:port (shared)."
     )
     vram_guard: float | None = _setting(
         0.95, "Refuse above this fraction of VRAM (cuda only).", unit="fraction", emit=True
     )
-    drain_timeout_s: float = _setting(
-        30.0, "Time to finish work on SIGTERM.", unit="s", emit=True
-    )
+    drain_timeout_s: float = _setting(30.0, "Time to finish work on SIGTERM.", unit="s", emit=True)
     # the transformers backend's engine
     engine: str = _setting("auto", "fixed (a KV pool fixed at start); auto: fixed on every device.")
     max_batch: int = _setting(8, "Requests decoded in one batch.", emit=True)

@@ -37,6 +37,8 @@ from typing import Any
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
 
+from common import NvmlPeak, random_model  # benchmarks/gpu/common.py, beside this script
+
 from capplan.estimate.options import EstimateOptions, estimate_from_options
 from capplan.estimate.result import EstimateResult
 
@@ -56,71 +58,12 @@ def estimate(args: argparse.Namespace, batch: int) -> EstimateResult:
 
 
 def build_model(args: argparse.Namespace, device: str) -> Any:
-    """Random weights in the catalog's shape, built on the device (bf16 on cuda)."""
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
-
+    """The embedded tiny model, or a catalog model with random weights (bf16 on cuda)."""
     if args.model == "embedded":
         from reference_server.tiny_model import build_model as tiny
 
         return tiny().to(device)
-    from capplan.estimate.model_spec import resolve_model
-
-    spec = resolve_model(args.model).spec
-    config = Qwen3Config(
-        vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_positions, tie_word_embeddings=spec.tied_embeddings,
-        eos_token_id=3, pad_token_id=1, bos_token_id=None,
-    )  # fmt: skip
-    config._attn_implementation = "sdpa"
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    torch.manual_seed(0)
-    torch.set_default_dtype(dtype)
-    with torch.device(device):
-        model = Qwen3ForCausalLM(config)
-    torch.set_default_dtype(torch.float32)
-    model.generation_config = GenerationConfig(eos_token_id=3, pad_token_id=1, do_sample=False)
-    return model.eval()
-
-
-class NvmlPeak:
-    """Device memory used as NVML reports it, sampled every 20 ms in a thread (None on cpu)."""
-
-    def __init__(self) -> None:
-        self.handle: Any = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.nvml: Any = pynvml
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception:  # no NVML (cpu): the figures stay None
-            self.nvml = None
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def used(self) -> int | None:
-        if self.handle is None:
-            return None
-        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.used() or 0)
-            time.sleep(0.02)
-
-    def start(self) -> NvmlPeak:
-        self._thread.start()
-        return self
-
-    def stop(self) -> int | None:
-        self._stop.set()
-        self._thread.join()
-        used = self.used()
-        return None if used is None else max(self.peak, used)
+    return random_model(args.model, device)[0]
 
 
 def timed_generate(model: Any, prompts: Any, new: int) -> tuple[float, list[list[float]]]:

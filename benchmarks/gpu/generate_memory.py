@@ -23,10 +23,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from common import NvmlPeak, random_model  # benchmarks/gpu/common.py, beside this script
 
 from capplan.estimate.options import EstimateOptions, estimate_from_options
 from capplan.estimate.result import EstimateResult
@@ -59,75 +60,6 @@ def plan_batches(args: argparse.Namespace) -> list[int]:
     return sorted({min(int(low * f), int(ceiling * 1.1)) for f in factors})
 
 
-def build_model(args: argparse.Namespace, device: str) -> tuple[Any, int]:
-    """The model with random weights, built on the device; returns it and its vocab size."""
-    import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
-
-    from capplan.estimate.model_spec import resolve_model
-
-    spec = resolve_model(args.model).spec
-    config = Qwen3Config(
-        vocab_size=spec.vocab,
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
-        max_position_embeddings=spec.max_positions,
-        tie_word_embeddings=spec.tied_embeddings,
-        eos_token_id=3,
-        pad_token_id=1,
-        bos_token_id=None,
-    )
-    config._attn_implementation = "sdpa"
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    torch.manual_seed(0)
-    torch.set_default_dtype(dtype)
-    with torch.device(device):
-        model = Qwen3ForCausalLM(config)
-    torch.set_default_dtype(torch.float32)
-    model.generation_config = GenerationConfig(eos_token_id=3, pad_token_id=1, do_sample=False)
-    return model.eval(), spec.vocab
-
-
-class NvmlPeak:
-    """The process's device memory as NVML reports it, sampled every 20 ms in a thread."""
-
-    def __init__(self) -> None:
-        from capplan.devices import list_devices, load_nvml
-
-        self.nvml = load_nvml()
-        devices, _ = list_devices(self.nvml)
-        self.handle = None
-        if devices and self.nvml is not None:
-            self.nvml.nvmlInit()
-            self.handle = self.nvml.nvmlDeviceGetHandleByIndex(0)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def used(self) -> int:
-        if self.handle is None:
-            return 0
-        return int(self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.used())
-            time.sleep(0.02)
-
-    def __enter__(self) -> NvmlPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.used())
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -145,7 +77,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     idle = NvmlPeak().used()
     result["nvml_used_idle"] = idle
-    model, vocab = build_model(args, device)
+    model, vocab = random_model(args.model, device)
     for batch in plan_batches(args):
         est = estimate_at(args, batch)
         row: dict[str, Any] = {
@@ -192,7 +124,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 row["peak_reserved"] = torch.cuda.max_memory_reserved()
                 row["alloc_retries"] = stats["num_alloc_retries"] - before["num_alloc_retries"]
                 row["ooms"] = stats["num_ooms"] - before["num_ooms"]
-                row["nvml_peak_minus_idle"] = peak.peak - idle
+                if idle is not None:
+                    row["nvml_peak_minus_idle"] = peak.peak - idle
         except Exception as exc:  # an out-of-memory error is a result, not a crash
             row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         result["rows"].append(row)

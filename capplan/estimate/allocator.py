@@ -27,11 +27,11 @@ from functools import lru_cache
 from capplan.estimate.caching_allocator import CachingAllocator
 from capplan.estimate.caching_allocator import OutOfMemory as _SimOutOfMemory
 from capplan.estimate.generate_trace import (
-    DecoderShape,
     GenerateConfig,
     iter_generate_events,
     replay_kv_events,
 )
+from capplan.estimate.shape import DecoderShape
 
 ALLOC_CONFS = ("default", "expandable")
 MIB = 1 << 20
@@ -259,7 +259,7 @@ def generate_peaks(
     )
     try:
         alloc.malloc(CUBLAS_WORKSPACE)
-        for size in weight_sizes(shape, tied, shape.elem):
+        for size in weight_sizes(shape, tied, shape.act_bytes):
             alloc.malloc(size)
         alloc.malloc(batch * prompt * 8)  # input_ids
         alloc.malloc(batch * prompt * 8)  # attention_mask

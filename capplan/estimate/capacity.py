@@ -19,7 +19,7 @@ from capplan.estimate.kv_cache import (
 from capplan.estimate.memory_capplan import (
     CapplanBudget,
     EngineLimits,
-    EngineShape,
+    block_bytes,
     capplan_budget,
     default_prefill_chunk,
 )
@@ -34,6 +34,7 @@ from capplan.estimate.memory_vllm import VllmBudget, default_scheduler_limits, v
 from capplan.estimate.quantization import QuantScheme, WeightStorage, weight_storage
 from capplan.estimate.result import MemoryTerms, Workload
 from capplan.estimate.roofline import Roofline, attention_width, matmul_params
+from capplan.estimate.shape import DecoderShape
 
 RUNTIMES = ("hf", "vllm", "capplan")
 
@@ -232,7 +233,7 @@ def _capplan_capacity(
     """The reference server's fixed-KV engine: its pool is sized once for the device, and as
     many requests run as their reservations (prompt + max_tokens, whole blocks) fit in it."""
     cpu = gpu.kind == "cpu"
-    shape = EngineShape.from_spec(spec, scheme, element, workload.tp)
+    shape = DecoderShape.from_spec(spec, scheme, element, workload.tp)
 
     def budget(max_batch: int) -> CapplanBudget:
         chunk = default_prefill_chunk(gpu.kind)
@@ -257,7 +258,7 @@ def _capplan_capacity(
     )
     at = workload.concurrency or max(1, fit)
     final = budget(at)
-    kv_in_use = min(at, fit) * final.request_blocks * shape.block_bytes
+    kv_in_use = min(at, fit) * final.request_blocks * block_bytes(shape)
     memory = MemoryTerms(
         total_bytes=final.total_bytes,
         weights_bytes=final.weights_bytes,
@@ -266,7 +267,7 @@ def _capplan_capacity(
         allocator_reserve_bytes=0,
         margin_bytes=final.total_bytes - final.peak_bytes,
         kv_per_token_bytes=shape.kv_bytes_per_token,
-        kv_per_request_bytes=final.request_blocks * shape.block_bytes,
+        kv_per_request_bytes=final.request_blocks * block_bytes(shape),
         kv_budget_bytes=final.pool_bytes,
         kv_in_use_bytes=kv_in_use,
         free_bytes=final.pool_bytes - kv_in_use,

@@ -26,18 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class DecoderShape:
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim of q and k
-    elem: int = 2  # bytes per activation element (bf16/fp16)
+from capplan.estimate.shape import DecoderShape
 
 
 @dataclass(frozen=True)
@@ -134,7 +123,7 @@ def iter_generate_events(
     """
     em = _Emitter(min_bytes)
     b, p, m = g.batch, g.prompt, g.new_tokens
-    e, h, d, hq, hk, v = s.elem, s.hidden, s.head_dim, s.heads, s.kv_heads, s.vocab
+    e, h, d, hq, hk, v = s.act_bytes, s.hidden, s.head_dim, s.heads, s.kv_heads, s.vocab
     if m < 2:
         raise ValueError("new_tokens >= 2")
     if stride < 1:

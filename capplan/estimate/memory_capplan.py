@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capplan.estimate.architecture import ModelSpec
-from capplan.estimate.kv_cache import kv_heads_per_rank
-from capplan.estimate.quantization import QuantScheme
+from capplan.estimate.shape import DecoderShape
 from capplan.units import format_bytes
 
 BLOCK_SIZE = 16  # tokens per KV block, as vLLM's default page
@@ -39,6 +37,8 @@ DEFAULT_PREFILL_CHUNK_TOKENS = {"cpu": 512, "gpu": 2048}
 def default_prefill_chunk(device: str) -> int:
     """The default chunk for a device: "cpu", "gpu", or a torch device name ("cuda:0")."""
     return DEFAULT_PREFILL_CHUNK_TOKENS["cpu" if device.startswith("cpu") else "gpu"]
+
+
 # Sampling holds, per logit of a sampled row: the fp32 logits, the scaled copy and its softmax,
 # and for top-p the sorted probabilities (fp32), their order (int64), the cumulative sum, the
 # mask and the scattered result: 4 + 4 + 4 + 12 + 4 + 1 + 4 + 4 bytes, rounded up.
@@ -46,53 +46,9 @@ SAMPLING_BYTES_PER_LOGIT = 40
 INDEX_BYTES = 8  # int64 block ids in the block table
 
 
-@dataclass(frozen=True)
-class EngineShape:
-    """What the engine's memory depends on, per rank: the model's sizes and element bytes."""
-
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    act_bytes: int  # hidden states and logits as the model computes them (fp32 4, else 2)
-    kv_bytes: int  # one KV element
-
-    @classmethod
-    def from_spec(
-        cls, spec: ModelSpec, scheme: QuantScheme, kv_element_bytes: int, tp: int = 1
-    ) -> EngineShape:
-        return cls(
-            layers=spec.layers,
-            hidden=spec.hidden,
-            intermediate=spec.intermediate // tp,
-            heads=max(1, spec.heads // tp),
-            kv_heads=kv_heads_per_rank(spec, tp),
-            head_dim=spec.head_dim,
-            vocab=spec.vocab,
-            act_bytes=4 if scheme.name == "fp32" else 2,
-            kv_bytes=kv_element_bytes,
-        )
-
-    @property
-    def kv_bytes_per_token_layer(self) -> int:
-        """K and V of one token in one layer."""
-        return 2 * self.kv_heads * self.head_dim * self.kv_bytes
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return self.layers * self.kv_bytes_per_token_layer
-
-    @property
-    def block_bytes(self) -> int:
-        return BLOCK_SIZE * self.kv_bytes_per_token
-
-    @property
-    def groups(self) -> int:
-        """Query heads per KV head (grouped-query attention)."""
-        return max(1, self.heads // self.kv_heads)
+def block_bytes(shape: DecoderShape) -> int:
+    """KV bytes of one block of BLOCK_SIZE tokens."""
+    return BLOCK_SIZE * shape.kv_bytes_per_token
 
 
 @dataclass(frozen=True)
@@ -104,14 +60,14 @@ class EngineLimits:
     max_context: int  # positions per request: the block table spans them
 
 
-def pool_blocks(shape: EngineShape, budget_bytes: int) -> int:
+def pool_blocks(shape: DecoderShape, budget_bytes: int) -> int:
     """Whole blocks that fit in `budget_bytes` beside the trash block."""
-    return max(0, budget_bytes // shape.block_bytes - 1)
+    return max(0, budget_bytes // block_bytes(shape) - 1)
 
 
-def pool_bytes(shape: EngineShape, num_blocks: int) -> int:
+def pool_bytes(shape: DecoderShape, num_blocks: int) -> int:
     """What the engine allocates for `num_blocks`: the blocks and the trash block."""
-    return (num_blocks + 1) * shape.block_bytes
+    return (num_blocks + 1) * block_bytes(shape)
 
 
 def context_blocks(limits: EngineLimits) -> int:
@@ -134,7 +90,7 @@ def prefill_gather_tokens(limits: EngineLimits, pool_tokens: int) -> int:
     return max(BLOCK_SIZE, min(pool_tokens, context_blocks(limits) * BLOCK_SIZE))
 
 
-def hidden_bytes(shape: EngineShape, tokens: int) -> int:
+def hidden_bytes(shape: DecoderShape, tokens: int) -> int:
     """Peak temporaries of one layer for `tokens` query tokens: the gated MLP (gate, up and
     their product) beside the residual stream, the normed input and its fp32 upcast, q/k/v and
     the attention output."""
@@ -145,13 +101,13 @@ def hidden_bytes(shape: EngineShape, tokens: int) -> int:
     return mlp + residual + qkv
 
 
-def logits_bytes(shape: EngineShape, rows: int) -> int:
+def logits_bytes(shape: DecoderShape, rows: int) -> int:
     """Logits of the sampled rows (only the last position of each: `logits_to_keep=1`), their
     fp32 copy, and what sampling holds beside them."""
     return rows * shape.vocab * (shape.act_bytes + 4 + SAMPLING_BYTES_PER_LOGIT)
 
 
-def gather_bytes(shape: EngineShape, limits: EngineLimits, pool_tokens: int) -> int:
+def gather_bytes(shape: DecoderShape, limits: EngineLimits, pool_tokens: int) -> int:
     """The two buffers (K and V) every layer's gather reuses, allocated at start: as many keys
     as one forward may gather."""
     tokens = max(
@@ -160,7 +116,7 @@ def gather_bytes(shape: EngineShape, limits: EngineLimits, pool_tokens: int) -> 
     return tokens * shape.kv_bytes_per_token_layer
 
 
-def attention_bytes(shape: EngineShape, queries: int, keys: int) -> int:
+def attention_bytes(shape: DecoderShape, queries: int, keys: int) -> int:
     """One layer's attention over the gathered keys besides the buffers: the boolean mask with
     the query heads packed onto the KV heads (`queries` x `keys` per group) beside its
     conversion to an additive mask in the model's dtype. No score matrix: with a mask, sdpa
@@ -184,7 +140,7 @@ class Workspace:
         return fixed + max(self.decode_bytes, self.prefill_bytes)
 
 
-def workspace(shape: EngineShape, limits: EngineLimits, pool_tokens: int) -> Workspace:
+def workspace(shape: DecoderShape, limits: EngineLimits, pool_tokens: int) -> Workspace:
     """The workspace of an engine with `limits` over a pool of `pool_tokens` tokens."""
     rows = limits.max_batch
     chunk = limits.prefill_chunk_tokens
@@ -225,7 +181,7 @@ class PoolPlan:
         return self.pool_bytes + self.workspace.total_bytes
 
 
-def plan_pool(shape: EngineShape, limits: EngineLimits, budget_bytes: int) -> PoolPlan:
+def plan_pool(shape: DecoderShape, limits: EngineLimits, budget_bytes: int) -> PoolPlan:
     """The largest pool whose bytes plus the workspace it implies fit in `budget_bytes`
     (the workspace grows with the pool up to a full batch at full context: a bisection)."""
 
@@ -248,7 +204,7 @@ def plan_pool(shape: EngineShape, limits: EngineLimits, budget_bytes: int) -> Po
     return plan(low)
 
 
-def fixed_pool(shape: EngineShape, limits: EngineLimits, kv_cache_memory: int) -> PoolPlan:
+def fixed_pool(shape: DecoderShape, limits: EngineLimits, kv_cache_memory: int) -> PoolPlan:
     """The pool `--kv-cache-memory` asks for, exactly, and its workspace."""
     blocks = pool_blocks(shape, kv_cache_memory)
     return PoolPlan(
@@ -256,7 +212,7 @@ def fixed_pool(shape: EngineShape, limits: EngineLimits, kv_cache_memory: int) -
     )
 
 
-def cpu_default_budget(shape: EngineShape, limits: EngineLimits) -> int:
+def cpu_default_budget(shape: DecoderShape, limits: EngineLimits) -> int:
     """The server's pool on a CPU when no size is given: room for max_batch requests at full
     context, at most CPU_DEFAULT_KV_BYTES."""
     needed = pool_bytes(shape, -(-limits.max_batch * limits.max_context // BLOCK_SIZE))
@@ -309,7 +265,7 @@ class CapplanBudget:
 
 
 def capplan_budget(
-    shape: EngineShape,
+    shape: DecoderShape,
     limits: EngineLimits,
     *,
     total_bytes: int,

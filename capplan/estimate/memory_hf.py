@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from capplan.estimate.allocator import generate_peaks
 from capplan.estimate.architecture import ModelSpec
-from capplan.estimate.generate_trace import DecoderShape
-from capplan.estimate.kv_cache import kv_bytes_for_context, kv_bytes_per_token, kv_heads_per_rank
+from capplan.estimate.kv_cache import kv_bytes_for_context, kv_bytes_per_token
 from capplan.estimate.quantization import QuantScheme
+from capplan.estimate.shape import DecoderShape
 
 MIB = 1024**2
 # The CUDA context and cuBLAS workspaces, outside torch.cuda.memory_allocated(): the default of
@@ -124,18 +124,8 @@ class HfShape:
         from generate()'s allocations on the allocator's rules (`allocator.generate_peaks`)."""
         if self.alloc_conf == "none":
             return 0
-        spec, tp = self.spec, self.tp
-        shape = DecoderShape(
-            layers=spec.layers,
-            hidden=spec.hidden,
-            intermediate=spec.intermediate // tp,
-            heads=max(1, spec.heads // tp),
-            kv_heads=kv_heads_per_rank(spec, tp),
-            head_dim=spec.head_dim,
-            vocab=spec.vocab,
-            qk_norm=spec.qk_norm,
-            elem=4 if self.scheme.name == "fp32" else 2,
-        )
+        spec = self.spec
+        shape = DecoderShape.from_spec(spec, self.scheme, tp=self.tp)
         peaks = generate_peaks(
             shape,
             concurrency,

@@ -13,12 +13,13 @@ from capplan.errors import InputError
 from capplan.estimate.memory_capplan import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     EngineLimits,
-    EngineShape,
     PoolPlan,
+    block_bytes,
     cpu_default_budget,
     fixed_pool,
     plan_pool,
 )
+from capplan.estimate.shape import DecoderShape
 from capplan.units import format_bytes
 
 
@@ -28,13 +29,13 @@ class PoolChoice:
     basis: str  # one line: which setting sized the pool, and from what
 
 
-def engine_shape(model: Any) -> EngineShape:
+def engine_shape(model: Any) -> DecoderShape:
     """The model's sizes as the engine holds them (its KV in the model's own dtype)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
     config = config or model.config
     heads = int(config.num_attention_heads)
     element = torch.empty((), dtype=model.dtype).element_size()
-    return EngineShape(
+    return DecoderShape(
         layers=int(config.num_hidden_layers),
         hidden=int(config.hidden_size),
         intermediate=int(config.intermediate_size),
@@ -48,7 +49,7 @@ def engine_shape(model: Any) -> EngineShape:
 
 
 def choose_pool(
-    shape: EngineShape,
+    shape: DecoderShape,
     limits: EngineLimits,
     *,
     device: str,
@@ -85,7 +86,7 @@ def choose_pool(
     if choice.plan.num_blocks < 1:
         raise InputError(
             f"the KV cache budget ({choice.basis}) holds not one block of 16 tokens "
-            f"({format_bytes(shape.block_bytes)}); raise --kv-cache-memory or "
+            f"({format_bytes(block_bytes(shape))}); raise --kv-cache-memory or "
             "--gpu-memory-utilization"
         )
     return choice

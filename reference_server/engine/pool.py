@@ -18,14 +18,15 @@ from typing import Any
 
 import torch
 
-from capplan.estimate.memory_capplan import BLOCK_SIZE, EngineShape, pool_bytes
+from capplan.estimate.memory_capplan import BLOCK_SIZE, pool_bytes
+from capplan.estimate.shape import DecoderShape
 
 
 class KvPool:
     """Preallocated KV storage and its block allocator (engine thread only)."""
 
     def __init__(
-        self, shape: EngineShape, num_blocks: int, *, dtype: torch.dtype, device: torch.device
+        self, shape: DecoderShape, num_blocks: int, *, dtype: torch.dtype, device: torch.device
     ) -> None:
         if num_blocks < 1:
             raise ValueError("the KV pool needs at least one block")

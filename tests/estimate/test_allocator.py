@@ -9,7 +9,7 @@ import pytest
 
 from capplan.estimate.allocator import _FastAllocator, generate_peaks
 from capplan.estimate.caching_allocator import CachingAllocator
-from capplan.estimate.generate_trace import DecoderShape
+from capplan.estimate.shape import DecoderShape
 
 MIB = 1 << 20
 QWEN3_8B = DecoderShape(36, 4096, 12288, 32, 8, 128, 151936, qk_norm=True)

@@ -62,9 +62,7 @@ def test_decode_step_with_the_default_hf_profile_is_within_25_percent(batch: int
 def test_the_recommendation_stops_where_the_gpu_fills_not_where_allocation_does() -> None:
     # What 778 requests (capplan's figure before this model) would do: reserved memory fills the
     # 140 GiB card long before what is allocated does.
-    r = estimate(
-        EstimateRequest(resolve_gpu("h200"), resolve_model("qwen3-8b"), 512, 512)
-    )
+    r = estimate(EstimateRequest(resolve_gpu("h200"), resolve_model("qwen3-8b"), 512, 512))
     assert r.concurrency < r.zero_margin_concurrency / 3
     assert r.concurrency_bound.startswith("memory as the GPU sees it")
     assert r.memory.peak_bytes + r.memory.margin_bytes <= r.memory.total_bytes

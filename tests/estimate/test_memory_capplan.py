@@ -13,7 +13,6 @@ from capplan.estimate.memory_capplan import (
     BLOCK_SIZE,
     CPU_DEFAULT_KV_BYTES,
     EngineLimits,
-    EngineShape,
     fixed_pool,
     plan_pool,
     pool_blocks,
@@ -21,8 +20,9 @@ from capplan.estimate.memory_capplan import (
     workspace,
 )
 from capplan.estimate.model_spec import resolve_model
+from capplan.estimate.shape import DecoderShape
 
-QWEN3_8B = EngineShape(
+QWEN3_8B = DecoderShape(
     layers=36, hidden=4096, intermediate=12288, heads=32, kv_heads=8, head_dim=128,
     vocab=151936, act_bytes=2, kv_bytes=2,
 )  # fmt: skip
@@ -57,9 +57,7 @@ def test_the_workspace_grows_with_the_batch_and_the_chunk() -> None:
 
 def test_capplan_on_a_gpu_plans_vllms_share_and_emits_the_pool() -> None:
     result = estimate(
-        EstimateRequest(
-            gpu=resolve_gpu("h100"), model=resolve_model("qwen3-8b"), runtime="capplan"
-        )
+        EstimateRequest(gpu=resolve_gpu("h100"), model=resolve_model("qwen3-8b"), runtime="capplan")
     )
     b = result.capplan
     assert b is not None and result.fits

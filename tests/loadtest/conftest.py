@@ -44,4 +44,3 @@ def _emulated(
 def emulated_server() -> ServerFactory:
     """`with emulated_server(ttft_ms=50, tpot_ms=10, max_concurrent=2) as url:` in a thread."""
     return _emulated
-

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.reference_server import processes
 
 
 @dataclass
@@ -59,40 +55,9 @@ def big_vocab_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def server_process(*args: str) -> Iterator[ServerProcess]:
-    """`python -m reference_server ARGS --port 0` with one torch thread, ready to serve."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "reference_server", "--device", "cpu", "--port", "0", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert process.stdout is not None
-        seen: list[str] = []
-        url = None
-        for line in process.stdout:
-            seen.append(line)
-            match = re.search(r"capplan serve: (http://\S+)", line)
-            url = url or (match.group(1) if match else None)
-            if "drain_timeout_s" in line:  # the last limit printed
-                break
-        if url is None:
-            raise AssertionError("server never printed its URL:\n" + "".join(seen))
-        deadline = time.monotonic() + 120
-        while True:
-            with suppress(httpx.TransportError):
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise AssertionError(f"{url} never became ready:\n" + "".join(seen))
-            time.sleep(0.05)
+    """`python -m reference_server --device cpu ARGS` with one torch thread, ready to serve."""
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    with processes.server_process(
+        "--backend", "transformers", "--device", "cpu", *args, env=one_thread, ready_timeout_s=120
+    ) as (process, url, _):
         yield ServerProcess(process, url)
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
