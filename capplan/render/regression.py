@@ -182,8 +182,10 @@ def plan_table(plan: ReplicaPlan) -> Group:
     if plan.chosen is None:
         tail = Text("no replica count meets the SLOs", style="bold red")
     else:
+        replicas, per = plan.chosen.replicas, plan.gpus_per_replica
         tail = Text(
-            f"plan: {plan.replicas} replicas x {plan.gpus_per_replica} GPU = {plan.gpus} GPUs; "
+            f"plan: {_plural(replicas, 'replica')} x {_plural(per, 'GPU')}"
+            f" = {_plural(replicas * per, 'GPU')}; "
             f"utilization at the target rate {plan.utilization_at_target:.0%}",
             style="bold",
         )
@@ -213,3 +215,7 @@ def validation_table(validation: Validation) -> Table:
 
 def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

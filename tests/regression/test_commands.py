@@ -73,4 +73,12 @@ def test_plan_command_sizes_from_a_measured_run(tmp_path: Path) -> None:
     # 4 slots x ~200 ms service = ~20 req/s per replica; 24 req/s design rate needs at least 2.
     assert plan["profile"]["slots"] == 4
     assert plan["replicas"] >= 2 and plan["gpus"] == plan["replicas"]
-    assert "replicas" in result.stdout
+    n = plan["replicas"]
+    assert f"plan: {n} replicas x 1 GPU = {n} GPUs;" in result.stdout
+
+
+def test_a_one_replica_plan_reads_in_the_singular(tmp_path: Path) -> None:
+    run = write_run(synthetic_run(1, ttft_ms=50, tpot_ms=10), tmp_path / "run")
+    result = capplan("plan", "--run", str(run), "--rate", "2", "--slo", "p95(ttft)<1s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "plan: 1 replica x 1 GPU = 1 GPU;" in result.stdout
