@@ -5,7 +5,7 @@
 #   1. plain generate() of a Qwen3-8B shape (512 + 512 tokens) at the estimator's recommended
 #      concurrency and twice it, default allocator, then twice it with expandable segments:
 #      peaks, allocator retries / OOMs, step time, next to the estimate (generate_memory.py);
-#   2. the reference server's engine against plain generate() (engine_check.py, when present);
+#   2. the reference server's engine against plain generate() (engine_check.py);
 #   3. the closed loop on the GPU with the embedded model: calibrate -> estimate --emit ->
 #      serve --config -> validate (loop.sh).
 #
@@ -25,8 +25,11 @@ log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }
 
 if [ "${GPU_SMOKE:-}" = cpu ]; then
   MODEL=embedded GPU=cpu PROMPT=32 NEW=8 BATCHES_DEFAULT=1,4 BATCHES_EXPANDABLE=4 BUDGET=60
+  ENGINE_ARGS="--model embedded --gpu cpu --vram 1.5GiB --batches 1,2 --prompt 24 --new 6 --budget-s 60"
 else
   MODEL=qwen3-8b GPU=h200 PROMPT=512 NEW=512 BUDGET=150
+  # --budget-s counts from after torch's import: 30 s under the timeout leaves it room to write.
+  ENGINE_ARGS="--model $MODEL --gpu $GPU --budget-s 150"
   recommended=$("$PY" -m capplan.cli estimate --gpu "$GPU" --model "$MODEL" --prompt-tokens "$PROMPT" \
     --max-tokens "$NEW" --format json | "$PY" -c "import json,sys; print(json.load(sys.stdin)['concurrency'])")
   BATCHES_DEFAULT="$recommended,$((2 * recommended))"
@@ -42,11 +45,10 @@ timeout $((BUDGET - 30)) "$PY" benchmarks/gpu/generate_memory.py --model "$MODEL
   --prompt "$PROMPT" --new "$NEW" --batches "$BATCHES_EXPANDABLE" --alloc-conf expandable \
   --out "$OUT/generate_expandable.json" >>"$OUT/run.log" 2>&1 || log "generate_memory (expandable) ended with $?"
 
-if [ -f benchmarks/gpu/engine_check.py ]; then
-  log "2. engine vs generate()"
-  timeout 180 "$PY" benchmarks/gpu/engine_check.py --out "$OUT/engine.json" \
-    ${GPU_SMOKE:+--smoke} >>"$OUT/run.log" 2>&1 || log "engine_check ended with $?"
-fi
+log "2. engine vs generate()"
+# shellcheck disable=SC2086  # ENGINE_ARGS is a list of words
+timeout 180 "$PY" benchmarks/gpu/engine_check.py $ENGINE_ARGS --out "$OUT/engine.json" \
+  >>"$OUT/run.log" 2>&1 || log "engine_check ended with $?"
 
 if [ "${SKIP_LOOP:-}" != 1 ]; then  # the smoke test skips it: tests/planning runs the loop
   log "3. calibrate -> estimate -> serve -> validate (embedded model on $GPU)"
