@@ -24,23 +24,23 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import statistics
-import threading
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from capplan.estimate.memory_capplan import BLOCK_SIZE, EngineLimits, pool_bytes
-from reference_server.backend import Finished, TokenDelta
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
+from common import figures, timed_engine, timed_generate
+
 from reference_server.engine.budget import engine_shape
 from reference_server.engine.build import build_engine
 from reference_server.engine.runner import EngineThread
-from reference_server.engine.sequence import Sequence
-from reference_server.text_stream import TextStream
 from reference_server.tiny_model import BIG_VOCAB, build_model
 
 Run = Callable[[Any, list[list[int]], int], tuple[float, list[list[float]]]]
@@ -63,31 +63,8 @@ def peak_bytes() -> int:
 
 
 def run_generate(model: Any, prompts: list[list[int]], new: int) -> tuple[float, list[list[float]]]:
-    """One padded `generate()` of every prompt; a logits processor stamps every step."""
-    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-
-    class Stamps(LogitsProcessor):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            self.times.append(time.perf_counter())
-            return scores
-
-    config = GenerationConfig(
-        do_sample=False, max_new_tokens=new, min_new_tokens=new, eos_token_id=None, pad_token_id=1
-    )
-    stamps = Stamps()
-    ids = torch.tensor(prompts)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=config,
-            logits_processor=LogitsProcessorList([stamps]),
-        )
-    return start, [stamps.times] * len(prompts)
+    """One padded `generate()` of every prompt."""
+    return timed_generate(model, torch.tensor(prompts), new)
 
 
 def engine_runner(chunk: int, batch_wait_ms: float) -> Run:
@@ -99,29 +76,10 @@ def engine_runner(chunk: int, batch_wait_ms: float) -> Run:
         engine, _ = build_engine(model, limits, eos_token_ids=set(), kv_cache_memory=size)
         thread = EngineThread(engine, batch_wait_ms=batch_wait_ms)
         thread.start()
-        times: list[list[float]] = [[] for _ in prompts]
-        done = threading.Semaphore(0)
-
-        def sink_for(i: int) -> Callable[[Any], None]:
-            def sink(event: Any) -> None:
-                if isinstance(event, TokenDelta):
-                    times[i].extend([time.perf_counter()] * event.n_tokens)
-                elif isinstance(event, Finished | BaseException):
-                    done.release()
-
-            return sink
-
-        def sequence(i: int, prompt: list[int]) -> Sequence:
-            stream = TextStream(lambda ids: "a" * len(ids))  # one character per token
-            return Sequence(prompt, new, sink_for(i), stream, temperature=0.0)
-
-        start = time.perf_counter()
-        for i, prompt in enumerate(prompts):
-            thread.submit(sequence(i, prompt))
-        for _ in prompts:
-            done.acquire()
-        thread.stop()
-        return start, times
+        try:
+            return timed_engine(thread, prompts, new)
+        finally:
+            thread.stop()
 
     return run
 
@@ -133,14 +91,9 @@ def measure(run: Run, model: Any, prompts: list[list[int]], new: int) -> dict[st
     start, times = run(model, prompts, new)
     peak = peak_bytes()
     assert all(len(t) == new for t in times), [len(t) for t in times]
-    last = max(t[-1] for t in times)
-    gaps = [b - a for t in times for a, b in itertools.pairwise(t)]
-    firsts = [t[0] - start for t in times]
     return {
-        "tokens_per_s": len(prompts) * new / (last - start),
-        "ms_per_step": 1e3 * statistics.median(gaps),
-        "ttft_first_ms": 1e3 * min(firsts),
-        "ttft_last_ms": 1e3 * max(firsts),
+        **figures(len(prompts), new, start, times),
+        "ttft_first_ms": 1e3 * min(t[0] - start for t in times),
         "peak_rss_mb": (peak - before) / 2**20,
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import threading
 import time
 from typing import Any
@@ -32,6 +34,83 @@ def random_model(model_id: str, device: str) -> tuple[Any, int]:
     torch.set_default_dtype(torch.float32)
     model.generation_config = GenerationConfig(eos_token_id=3, pad_token_id=1, do_sample=False)
     return model.eval(), spec.vocab
+
+
+def timed_generate(model: Any, prompts: Any, new: int) -> tuple[float, list[list[float]]]:
+    """One padded `generate()` of the (B, L) prompt tensor, exactly `new` tokens each; returns t0
+    and every request's token times (a logits processor stamps each step)."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+    class Stamps(LogitsProcessor):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if scores.is_cuda:
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+            return scores
+
+    stamps = Stamps()
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=new, min_new_tokens=new, eos_token_id=None, pad_token_id=1
+    )
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([stamps]),
+        )
+    return start, [stamps.times] * prompts.shape[0]
+
+
+def timed_engine(
+    thread: Any, prompts: list[list[int]], new: int
+) -> tuple[float, list[list[float]]]:
+    """The prompts submitted at once to a started `EngineThread`, `new` tokens each; returns t0
+    and every request's token times. Raises the first error a request ended with."""
+    from reference_server.backend import Finished, TokenDelta
+    from reference_server.engine.sequence import Sequence
+    from reference_server.text_stream import TextStream
+
+    times: list[list[float]] = [[] for _ in prompts]
+    done = threading.Semaphore(0)
+    errors: list[BaseException] = []
+
+    def sink_for(i: int) -> Any:
+        def sink(event: Any) -> None:
+            if isinstance(event, TokenDelta):
+                times[i].extend([time.perf_counter()] * event.n_tokens)
+            elif isinstance(event, Finished | BaseException):
+                if isinstance(event, BaseException):
+                    errors.append(event)
+                done.release()
+
+        return sink
+
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        stream = TextStream(lambda ids: "a" * len(ids))
+        thread.submit(Sequence(prompt, new, sink_for(i), stream, temperature=0.0))
+    for _ in prompts:
+        done.acquire()
+    if errors:
+        raise errors[0]
+    return start, times
+
+
+def figures(batch: int, new: int, start: float, times: list[list[float]]) -> dict[str, float]:
+    """tokens/s (prefill included), the median gap between a request's tokens, the last TTFT."""
+    last = max(t[-1] for t in times)
+    gaps = [b - a for t in times for a, b in itertools.pairwise(t)]
+    return {
+        "tokens_per_s": batch * new / (last - start),
+        "ms_per_step": 1e3 * statistics.median(gaps) if gaps else 0.0,
+        "ttft_last_ms": 1e3 * max(t[0] - start for t in times),
+    }
 
 
 class NvmlPeak:

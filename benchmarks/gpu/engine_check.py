@@ -25,19 +25,22 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import os
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
 
-from common import NvmlPeak, random_model  # benchmarks/gpu/common.py, beside this script
+from common import (  # benchmarks/gpu/common.py, beside this script
+    NvmlPeak,
+    figures,
+    random_model,
+    timed_engine,
+    timed_generate,
+)
 
 from capplan.estimate.options import EstimateOptions, estimate_from_options
 from capplan.estimate.result import EstimateResult
@@ -64,68 +67,6 @@ def build_model(args: argparse.Namespace, device: str) -> Any:
 
         return tiny().to(device)
     return random_model(args.model, device)[0]
-
-
-def timed_generate(model: Any, prompts: Any, new: int) -> tuple[float, list[list[float]]]:
-    import torch
-    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-
-    class Stamps(LogitsProcessor):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            if scores.is_cuda:
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter())
-            return scores
-
-    stamps = Stamps()
-    config = GenerationConfig(
-        do_sample=False, max_new_tokens=new, min_new_tokens=new, eos_token_id=None, pad_token_id=1
-    )
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(
-            prompts,
-            attention_mask=torch.ones_like(prompts),
-            generation_config=config,
-            logits_processor=LogitsProcessorList([stamps]),
-        )
-    return start, [stamps.times] * prompts.shape[0]
-
-
-def timed_engine(
-    thread: Any, prompts: list[list[int]], new: int
-) -> tuple[float, list[list[float]]]:
-    from reference_server.backend import Finished, TokenDelta
-    from reference_server.engine.sequence import Sequence
-    from reference_server.text_stream import TextStream
-
-    times: list[list[float]] = [[] for _ in prompts]
-    done = threading.Semaphore(0)
-    errors: list[BaseException] = []
-
-    def sink_for(i: int) -> Any:
-        def sink(event: Any) -> None:
-            if isinstance(event, TokenDelta):
-                times[i].extend([time.perf_counter()] * event.n_tokens)
-            elif isinstance(event, Finished | BaseException):
-                if isinstance(event, BaseException):
-                    errors.append(event)
-                done.release()
-
-        return sink
-
-    start = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        stream = TextStream(lambda ids: "a" * len(ids))
-        thread.submit(Sequence(prompt, new, sink_for(i), stream, temperature=0.0))
-    for _ in prompts:
-        done.acquire()
-    if errors:
-        raise errors[0]
-    return start, times
 
 
 class ContinuousBatching:
@@ -176,16 +117,6 @@ class ContinuousBatching:
 
     def stop(self) -> None:
         self.manager.stop(block=True, timeout=30)
-
-
-def figures(batch: int, new: int, start: float, times: list[list[float]]) -> dict[str, float]:
-    last = max(t[-1] for t in times)
-    gaps = [b - a for t in times for a, b in itertools.pairwise(t)]
-    return {
-        "tokens_per_s": batch * new / (last - start),
-        "ms_per_step": 1e3 * statistics.median(gaps) if gaps else 0.0,
-        "ttft_last_ms": 1e3 * max(t[0] - start for t in times),
-    }
 
 
 def measure(out: dict[str, Any], name: str, run_one: Any, batches: list[int], args: Any) -> None:
@@ -326,17 +257,14 @@ def measure_cb(
 def verdict(out: dict[str, Any]) -> dict[str, Any]:
     """The issue's two goals, read off the rows."""
     rows = [r for r in out["rows"] if "tokens_per_s" in r]
-    speed = {}
+    speed, cb = {}, {}
     for batch in sorted({r["batch"] for r in rows}):
         cell = {r["engine"]: r["tokens_per_s"] for r in rows if r["batch"] == batch}
         if "engine" in cell and "generate()" in cell:
             speed[batch] = cell["engine"] / cell["generate()"]
-    vs = out["memory"].get("vs_estimate")
-    cb = {}
-    for batch in sorted({r["batch"] for r in rows}):
-        cell = {r["engine"]: r["tokens_per_s"] for r in rows if r["batch"] == batch}
         if "engine" in cell and "transformers-cb" in cell:
             cb[batch] = cell["transformers-cb"] / cell["engine"]
+    vs = out["memory"].get("vs_estimate")
     return {
         "engine_over_generate": speed,
         "transformers_cb_over_engine": cb,
