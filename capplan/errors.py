@@ -1,7 +1,7 @@
 """Errors that carry a message meant for the user, and the exit codes they end in."""
 
-# The exit codes of every command that runs load (docs/ci.md, "Exit codes").
-EXIT_OK = 0  # ran, and every threshold or SLO held
+# The exit codes of every command that runs load (docs/ci.md, "Exit codes"); 0 when it ran and
+# every threshold or SLO held.
 EXIT_FAILED = 1  # a threshold or SLO failed
 EXIT_USAGE = 2  # bad input: one line naming the fix
 EXIT_TARGET = 3  # the target failed: unreachable, no request succeeded, or the run stopped early

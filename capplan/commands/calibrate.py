@@ -26,8 +26,10 @@ def calibrate(
         "--from",
         help="Fit a finished run's records (or a calibrate run folder) instead of measuring.",
     ),
-    runtime: str = typer.Option(
-        "hf", help="The runtime the server uses: hf, vllm, or capplan (capplan serve's engine)."
+    runtime: str | None = typer.Option(
+        None,
+        help="The runtime the server uses: hf, vllm, or capplan (capplan serve's engine). "
+        "Default: capplan when it launches capplan serve, hf with --url or --from.",
     ),
     prompt_tokens: str = typer.Option("16,256", help="Prompt lengths measured alone."),
     concurrency: str = typer.Option("1,4,8", help="Batches measured."),
@@ -47,6 +49,7 @@ def calibrate(
     sweep and the emulated backend with --calibration FILE."""
     import time
 
+    from capplan.embedded_model import ALIASES
     from capplan.errors import InputError
     from capplan.estimate.options import EstimateOptions, step_model_from_options
     from capplan.estimate.roofline import Roofline
@@ -64,7 +67,7 @@ def calibrate(
         raise InputError("give --url (measure now) or --from (a finished run), not both")
     if rounds < 1 or max_tokens < 2:
         raise InputError("--rounds must be at least 1 and --max-tokens at least 2")
-    runtime = runtime or ("hf" if url is not None or from_run is not None else "capplan")
+    runtime = measured_runtime(runtime, url, from_run)
     step = step_model_from_options(EstimateOptions(model=model, gpu=gpu, runtime=runtime))
     command = f"capplan calibrate --model {model} --gpu {gpu} --runtime {runtime}"
     if from_run is not None:
@@ -77,7 +80,7 @@ def calibrate(
         batches = parse_int_list(concurrency, option="--concurrency")
         points = ladder(prompts, batches)
         folder = run_dir or Path("reports") / f"calibrate-{time.strftime('%Y%m%d-%H%M%S')}"
-        embedded = model in ("embedded", "capplan-tiny-qwen3")
+        embedded = model in ALIASES
         token_source = tokenizer or ("embedded" if embedded else None)
         with _server(url, model, max(batches), folder) as base_url:
 
@@ -106,16 +109,25 @@ def calibrate(
     print_profile(profile, written, stdout_console())
 
 
+def measured_runtime(runtime: str | None, url: str | None, from_run: Path | None) -> str:
+    """--runtime, else the one calibrate measures: capplan serve's engine when it launches it,
+    hf (the common server) behind --url or --from."""
+    if runtime:
+        return runtime
+    return "hf" if url is not None or from_run is not None else "capplan"
+
+
 @contextlib.contextmanager
 def _server(url: str | None, model: str, max_concurrency: int, folder: Path) -> Iterator[str]:
     """The server to measure: --url, or one `capplan serve` launched for the whole ladder."""
     if url is not None:
         yield url
         return
+    from capplan.embedded_model import ALIASES
     from capplan.errors import InputError
     from capplan.loadtest.launch import launched_server
 
-    if model not in ("embedded", "capplan-tiny-qwen3") and not Path(model).is_dir():
+    if model not in ALIASES and not Path(model).is_dir():
         raise InputError(
             f"--model {model} is no local model: give --url of a server running it, or a model "
             "directory or 'embedded' to launch capplan serve"

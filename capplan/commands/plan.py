@@ -178,7 +178,8 @@ def _profile_from_estimate(
         slots=slots,
         prompt_tokens=prompt_tokens,
         output_tokens=max_tokens,
-        prefill_ms=timing.overhead_ms + timing.prefill_ms(prompt_tokens),
+        prefill_ms=timing.prefill_ms(prompt_tokens),
+        overhead_ms=timing.overhead_ms,
         decode_step_ms=lambda kv_tokens: timing.decode_step_ms(kv_tokens, slots),
         source=f"estimate: {model} on {gpu}, {prompt_tokens}+{max_tokens} tokens, "
         f"max_concurrent {result.settings.max_concurrent} ({result.concurrency_bound}); "

@@ -30,11 +30,9 @@ def selftest(
     from capplan.errors import InputError
     from capplan.loadtest.httpx.ceiling import measure_ceiling
     from capplan.render.loadtest import ceiling_table
+    from capplan.units import parse_int_list
 
-    try:
-        steps = [int(x) for x in levels.split(",") if x.strip()]
-    except ValueError:
-        raise InputError(f"--levels: expected numbers like 16,64,256, got '{levels}'") from None
+    steps = parse_int_list(levels, option="--levels")
     if server not in ("process", "thread"):
         raise InputError(f"--server must be process or thread, got '{server}'")
     with _emulated(server, ttft_ms, tpot_ms) as url:

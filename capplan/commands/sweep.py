@@ -70,7 +70,7 @@ def sweep(
 
     from rich.console import Console
 
-    from capplan.errors import EXIT_FAILED, InputError, TargetError
+    from capplan.errors import EXIT_FAILED, EXIT_INTERRUPTED, InputError, TargetError
     from capplan.loadtest.httpx.run import run_load
     from capplan.loadtest.run import launched_target, load_scenario
     from capplan.loadtest.summary_model import RunSummary
@@ -146,7 +146,7 @@ def sweep(
                 f"{stop}: the points measured so far are kept in {out_dir}; run the same "
                 "command again to resume from them"
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     stdout_console().print(sweep_table(result))
     if not succeeded and not any(point.resumed for point in result.points):
         raise TargetError(f"no request of the sweep succeeded; see the point-runs in {out_dir}")

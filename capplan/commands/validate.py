@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
-
-if TYPE_CHECKING:
-    from capplan.loadtest.summary_model import RunConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +32,11 @@ def validate(
     calibration: str | None = typer.Option(
         None, help="A `capplan calibrate` profile: the estimate's timing from this host."
     ),
-    runtime: str = typer.Option("hf", help="The runtime the server uses: hf or vllm."),
+    runtime: str = typer.Option(
+        "hf",
+        help="The runtime the server uses: hf, vllm or capplan (capplan serve's engine); "
+        "other than hf needs --url or --run (the emulated backend runs hf's).",
+    ),
     tokenizer: str | None = typer.Option(
         None, help="'embedded' or a tokenizer dir for exact prompt lengths (default: by model)."
     ),
@@ -47,11 +48,15 @@ def validate(
     estimator's error. Exit 1 when a figure is off by more than --tolerance."""
     import time
 
-    from capplan.errors import InputError, TargetError
+    from capplan.errors import EXIT_FAILED, InputError
     from capplan.planning.validate import (
         WorkloadShape,
+        check_same_workload,
+        check_target_answered,
         estimated_figures,
         measured_figures,
+        served_prompt_tokens,
+        sweep_safe,
     )
     from capplan.planning.validate import (
         validate as side_by_side,
@@ -62,23 +67,24 @@ def validate(
 
     if url is not None and run is not None:
         raise InputError("give --url (measure now) or --run (a finished run), not both")
+    emulated = url is None and run is None
+    if emulated and runtime != "hf":
+        # The emulated backend schedules the hf step model whatever --runtime says.
+        raise InputError(
+            f"--runtime {runtime} cannot be emulated (the emulated backend runs hf's step "
+            f"model): give --url of a server running {runtime}, or --run of its finished run"
+        )
     shape = WorkloadShape(prompt_tokens, max_tokens, concurrency)
     timing, estimated = _estimate(gpu, model, shape, runtime, calibration)
-    emulated = url is None and run is None
     if run is None:
         run = out or Path("reports") / f"validate-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _measure(run, gpu, model, shape, requests, url, calibration, tokenizer)
     summary = load_run(run, with_records=False).summary
-    _check_same_workload(summary.config, shape, run)
-    counts = summary.whole.requests
-    if not counts.ok:  # the target failed: exit 3, as `capplan loadtest` would
-        raise TargetError(
-            f"no request succeeded in '{run}' (by status: {counts.by_status}); "
-            "check that the workload fits (capplan estimate) and the server is up"
-        )
+    check_same_workload(summary.config, shape, run)
+    check_target_answered(summary, run)
     # The server's own prompt count: a chat template lengthens every prompt, and the estimate
     # must price what the model really prefilled.
-    served = _served_prompt_tokens(summary)
+    served = served_prompt_tokens(summary)
     if served is not None and served != shape.prompt_tokens:
         shape = WorkloadShape(served, shape.output_tokens, shape.concurrency)
         timing, estimated = _estimate(gpu, model, shape, runtime, calibration)
@@ -90,7 +96,7 @@ def validate(
     )
     measured = measured_figures(
         summary,
-        safe_concurrency=_sweep_safe(sweep) if sweep is not None else None,
+        safe_concurrency=sweep_safe(sweep) if sweep is not None else None,
         telemetry_csv=run / "telemetry.csv",
     )
     mode = "emulated backend" if emulated else "measured server"
@@ -112,41 +118,7 @@ def validate(
     if json_out is not None:
         json_out.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
     if not result.agrees:
-        raise typer.Exit(1)
-
-
-def _served_prompt_tokens(summary: Any) -> int | None:
-    """Prompt tokens per request as the server counted them (after any chat template), when it
-    reported them for every successful request."""
-    whole = summary.whole
-    tokens, ok = whole.tokens, whole.requests.ok
-    if not ok or tokens.prompt_total is None or set(tokens.prompt_source) != {"server"}:
-        return None
-    return round(tokens.prompt_total / ok)
-
-
-def _check_same_workload(config: RunConfig, shape: Any, run: Path) -> None:
-    """A finished run of another shape would make every error column meaningless."""
-    from capplan.errors import InputError
-
-    wanted = {
-        "concurrency": [shape.concurrency],
-        "prompt_tokens": shape.prompt_tokens,
-        "max_tokens": shape.output_tokens,
-    }
-    ran = {
-        "concurrency": list(config.concurrency),
-        "prompt_tokens": config.token_count("prompt_tokens"),
-        "max_tokens": config.token_count("max_tokens"),
-    }
-    differing = [f"{k} {ran[k]} (not {wanted[k]})" for k in wanted if ran[k] != wanted[k]]
-    if config.rate:
-        differing.append("an open loop (validate needs a closed loop)")
-    if differing:
-        raise InputError(
-            f"'{run}' ran another workload: {', '.join(differing)}; pass --prompt-tokens, "
-            "--max-tokens and --concurrency as it ran, or measure anew without --run"
-        )
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _estimate(
@@ -183,6 +155,7 @@ def _measure(
     calibration: str | None,
     tokenizer: str | None,
 ) -> None:
+    from capplan.embedded_model import ALIASES
     from capplan.loadtest.httpx.run import run_load
     from capplan.loadtest.run import load_scenario
 
@@ -193,8 +166,7 @@ def _measure(
         "max_tokens": shape.output_tokens,
         "ignore_eos": True,
         "name": "validate",
-        "tokenizer": tokenizer
-        or ("embedded" if model in ("embedded", "capplan-tiny-qwen3") else None),
+        "tokenizer": tokenizer or ("embedded" if model in ALIASES else None),
     }
     if url is not None:
         overrides["url"] = url
@@ -207,22 +179,3 @@ def _measure(
         if calibration:
             overrides["launch"] += ["--calibration", str(calibration)]
     run_load(load_scenario(None, overrides), out_dir=run_dir, reports=False)
-
-
-def _sweep_safe(sweep_dir: Path) -> float | None:
-    """The last concurrency before the sweep's server started refusing (429/503).
-
-    None when it never refused: the ceiling lies above the sweep, and its SLO-limited highest
-    safe point says nothing about memory.
-    """
-    from capplan.errors import InputError
-    from capplan.planning.sweep import read_sweep
-
-    _, data = read_sweep(sweep_dir)
-    if data.get("axis") != "concurrency":
-        raise InputError("--sweep needs a concurrency sweep (capplan sweep --axis concurrency)")
-    rejection = data.get("first_rejection")
-    if rejection is None:
-        return None
-    below = [p["load"] for p in data["points"] if p["load"] < rejection]
-    return float(max(below)) if below else 0.0

@@ -72,7 +72,7 @@ class Roofline:
         """The runtime's host cost of one forward over `batch` sequences."""
         return self.floor_ms + batch * self.host_ms_per_sequence
 
-    def decode_memory_ms(self, total_kv_tokens: int) -> float:
+    def decode_memory_ms(self, total_kv_tokens: float) -> float:
         return self.decode_step_base_ms + total_kv_tokens * self.decode_ms_per_kv_token
 
     def decode_bound(self, total_kv_tokens: int, batch: int = 1) -> str:
@@ -100,18 +100,26 @@ class Roofline:
         flops = 2 * self.matmul_params
         return flops / (self.tflops * 1e12 * self.compute_efficiency) * 1e3 * self.prefill_slowdown
 
-    def prefill_ms(self, tokens: int, prompts: int = 1) -> float:
-        """Prefill of `prompts` prompts of `tokens` tokens in one forward: compute for matmuls
-        and causal attention, never faster than one read of the weights or the floor."""
+    def prefill_compute_ms(self, tokens: float, prompts: float = 1) -> float:
+        """The compute of prefilling `prompts` prompts of `tokens` tokens: matmuls and causal
+        attention."""
         attention_flops = 2 * self.attention_width * tokens * tokens  # QK^T and PV, causal half
-        compute_ms = prompts * (
+        return prompts * (
             tokens * self.prefill_ms_per_token
             + attention_flops
             / (self.tflops * 1e12 * self.compute_efficiency)
             * 1e3
             * self.prefill_slowdown
         )
-        return max(compute_ms, self.decode_step_base_ms, self.host_ms(prompts))
+
+    def prefill_ms(self, tokens: int, prompts: int = 1) -> float:
+        """Prefill of `prompts` prompts of `tokens` tokens in one forward: its compute, never
+        faster than one read of the weights or the floor."""
+        return max(
+            self.prefill_compute_ms(tokens, prompts),
+            self.decode_step_base_ms,
+            self.host_ms(prompts),
+        )
 
     def request_ms(self, prompt_tokens: int, max_tokens: int, concurrency: int) -> float:
         """Worst-case service time: the request's overhead, prefill, then max_tokens - 1 decode
@@ -122,7 +130,15 @@ class Roofline:
         if steps:
             mean_context = prompt_tokens + steps / 2
             decode = steps * self.decode_step_ms(int(concurrency * mean_context), concurrency)
-        return self.overhead_ms + self.prefill_ms(prompt_tokens) + decode
+        # Alone, the prefill's own floor (one read of the weights, the host) is the step's.
+        return first_token_ms(self.overhead_ms, self.prefill_ms(prompt_tokens), 0.0) + decode
+
+
+def first_token_ms(overhead_ms: float, prefill_ms: float, batch_step_ms: float) -> float:
+    """A request's time to its first token: its overhead (HTTP, tokenizing) and then its
+    prefill, which is never faster than one decode step of the batch it joins. The one formula
+    for the estimate, validate and plan (the emulated backend schedules the same)."""
+    return overhead_ms + max(prefill_ms, batch_step_ms)
 
 
 def matmul_params(spec: ModelSpec) -> int:

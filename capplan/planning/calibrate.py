@@ -20,7 +20,7 @@ from capplan.errors import InputError
 from capplan.estimate.calibration import CalibrationProfile
 from capplan.estimate.roofline import Roofline
 from capplan.loadtest.metrics import request_metrics
-from capplan.loadtest.record import RequestRecord
+from capplan.loadtest.record import RequestRecord, read_records
 from capplan.planning.calibration_fit import DecodePoint, PrefillPoint, fit
 
 MIN_REQUESTS_PER_POINT = 3
@@ -186,8 +186,6 @@ def run_ladder(
 def read_runs(folder: Path) -> list[RequestRecord]:
     """A load-test run's records (its steps are the points), or a calibrate run folder's (each
     sub-run one point, labelled by its folder)."""
-    from capplan.loadtest.record import read_records
-
     if (folder / "requests.jsonl").is_file():
         return read_records(folder / "requests.jsonl")
     runs = sorted(p.parent for p in folder.glob("*/requests.jsonl"))

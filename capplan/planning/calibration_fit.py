@@ -14,7 +14,7 @@ keeps the default where the default respects that bound.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,7 +45,6 @@ class Fit:
     overhead_ms: float
     measured: tuple[str, ...]
     rms_error: float  # relative (exp of the rms log error, minus 1)
-    median_error: float  # relative (exp of the median absolute log error, minus 1)
     predicted_decode: tuple[float, ...]
     predicted_ttft: tuple[float, ...]
 
@@ -62,16 +61,23 @@ class _Terms:
     def __init__(self, roof: Roofline, decode: list[DecodePoint], prefill: list[PrefillPoint]):
         self.default_bw = roof.bandwidth_efficiency
         self.default_compute = roof.compute_efficiency
-        self.base = roof.weights_bytes * roof.decode_slowdown / roof.bandwidth_bytes_s * 1e3
-        per_kv = roof.kv_bytes_per_token / roof.bandwidth_bytes_s * 1e3
-        flops_ms = 2 * roof.matmul_params / (roof.tflops * 1e12) * 1e3
+        # The estimator's own terms with the fitted parameters taken out, so that the fit and
+        # the estimate it feeds can never price a step two ways (e.g. a quantized scheme's
+        # decode and prefill slowdowns).
+        unit = replace(
+            roof,
+            bandwidth_efficiency=1.0,
+            compute_efficiency=1.0,
+            floor_ms=0.0,
+            host_ms_per_sequence=0.0,
+            overhead_ms=0.0,
+        )
+        self.base = unit.decode_step_base_ms
         self.batch = np.array([p.batch for p in decode])
-        self.mem = self.base + np.array([p.kv_tokens for p in decode]) * per_kv
-        self.comp = self.batch * flops_ms * roof.decode_slowdown
+        self.mem = np.array([unit.decode_memory_ms(p.kv_tokens) for p in decode])
+        self.comp = self.batch * unit.decode_compute_ms_per_sequence
         self.obs = np.log(np.array([p.step_ms for p in decode]))
-        tokens = np.array([p.prompt_tokens for p in prefill])
-        attention = 2 * roof.attention_width * tokens**2 / (roof.tflops * 1e12) * 1e3
-        self.p_comp = (tokens * flops_ms + attention) * roof.prefill_slowdown
+        self.p_comp = np.array([unit.prefill_compute_ms(p.prompt_tokens) for p in prefill])
         self.p_obs = np.array([p.ttft_ms for p in prefill])
 
     def decode_pred(self, f: np.ndarray, h: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -183,7 +189,6 @@ def fit(
         overhead_ms=overhead,
         measured=tuple(measured),
         rms_error=math.expm1(float(np.sqrt(np.mean(errors**2)))),
-        median_error=math.expm1(float(np.median(np.abs(errors)))),
         predicted_decode=tuple(float(x) for x in d_fit),
         predicted_ttft=tuple(float(x) for x in p_fit),
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capplan.errors import InputError
+from capplan.estimate.roofline import first_token_ms
 from capplan.loadtest.summary_model import RunSummary
 from capplan.planning.queueing import QueueTail, mgc_tail
 from capplan.regression.thresholds import Threshold
@@ -254,16 +255,17 @@ def profile_from_timing(
     prefill_ms: float,
     decode_step_ms: Any,
     source: str,
+    overhead_ms: float = 0.0,
 ) -> ServiceProfile:
     """Deterministic profile from service timing with every slot busy (fixed lengths: cv2 = 0).
 
-    `prefill_ms` is one prompt's time to first token (with the request's overhead);
-    `decode_step_ms(kv_tokens)` is the estimator's step time for the KV the batch holds; the
-    batch holds `slots` requests half-way through their output on average.
+    `prefill_ms` is one prompt's prefill and `overhead_ms` the request's time before it (HTTP,
+    tokenizing); `decode_step_ms(kv_tokens)` is the estimator's step time for the KV the batch
+    holds; the batch holds `slots` requests half-way through their output on average.
     """
     if slots < 1 or output_tokens < 1:
         raise InputError("need at least one slot and one output token")
-    ttft = max(prefill_ms, decode_step_ms(slots * prompt_tokens))
+    ttft = first_token_ms(overhead_ms, prefill_ms, decode_step_ms(slots * prompt_tokens))
     step = decode_step_ms(int(slots * (prompt_tokens + output_tokens / 2)))
     e2e = ttft + (output_tokens - 1) * step
     figures: dict[str, float] = {"error_rate": 0.0}

@@ -16,8 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from capplan.loadtest.summary_model import RunSummary
+from capplan.errors import InputError, TargetError
+from capplan.estimate.roofline import first_token_ms
+from capplan.loadtest.summary_model import RunConfig, RunSummary
+from capplan.loadtest.verdict import target_failure
+from capplan.planning.sweep import read_sweep
 from capplan.regression.metrics import flatten
+from capplan.regression.runs import load_run
 
 _MIB = 1024 * 1024
 
@@ -113,8 +118,9 @@ def estimated_figures(
     # Prefill is never faster than one decode step of the batch (one read of the weights, or
     # the runtime's floor); the request's own overhead (HTTP, tokenizing) comes before it.
     overhead = float(getattr(timing, "overhead_ms", 0.0))
-    prefill = timing.prefill_ms(p)
-    ttft = overhead + max(prefill, step(int(p * (c + 1) / 2), max(1, (c + 1) // 2)))
+    ttft = first_token_ms(
+        overhead, timing.prefill_ms(p), step(int(p * (c + 1) / 2), max(1, (c + 1) // 2))
+    )
     tpot = step(int(c * (p + o / 2)), c)
     e2e = ttft + (o - 1) * tpot
     figures = {
@@ -139,6 +145,68 @@ def estimated_figures(
         if per_token > 0 and budget:
             figures["safe_concurrency"] = float(math.floor(budget / (per_token * (p + o))))
     return figures
+
+
+def check_same_workload(config: RunConfig, shape: WorkloadShape, run: Path) -> None:
+    """A finished run of another shape would make every error column meaningless."""
+    wanted = {
+        "concurrency": [shape.concurrency],
+        "prompt_tokens": shape.prompt_tokens,
+        "max_tokens": shape.output_tokens,
+    }
+    ran = {
+        "concurrency": list(config.concurrency),
+        "prompt_tokens": config.token_count("prompt_tokens"),
+        "max_tokens": config.token_count("max_tokens"),
+    }
+    differing = [f"{k} {ran[k]} (not {wanted[k]})" for k in wanted if ran[k] != wanted[k]]
+    if config.rate:
+        differing.append("an open loop (validate needs a closed loop)")
+    if differing:
+        raise InputError(
+            f"'{run}' ran another workload: {', '.join(differing)}; pass --prompt-tokens, "
+            "--max-tokens and --concurrency as it ran, or measure anew without --run"
+        )
+
+
+def check_target_answered(summary: RunSummary, run: Path) -> None:
+    """TargetError (exit 3, as `capplan loadtest` would) when the run stopped early on a broken
+    target or no request succeeded: its figures measure the failure, not the deployment."""
+    if summary.stopped is None and summary.whole.requests.ok:
+        return
+    # The records only now: a long run's take seconds to read, and only a failure needs them.
+    failure = target_failure(summary, load_run(run).records)
+    if failure is None:  # only warmup requests succeeded: the measured ones still count none
+        failure = "no measured request succeeded"
+    raise TargetError(
+        f"'{run}': {failure}; check that the workload fits (capplan estimate) and the server is up"
+    )
+
+
+def served_prompt_tokens(summary: RunSummary) -> int | None:
+    """Prompt tokens per request as the server counted them (after any chat template), when it
+    reported them for every successful request."""
+    whole = summary.whole
+    tokens, ok = whole.tokens, whole.requests.ok
+    if not ok or tokens.prompt_total is None or set(tokens.prompt_source) != {"server"}:
+        return None
+    return round(tokens.prompt_total / ok)
+
+
+def sweep_safe(sweep_dir: Path) -> float | None:
+    """The last concurrency before the sweep's server started refusing (429/503).
+
+    None when it never refused: the ceiling lies above the sweep, and its SLO-limited highest
+    safe point says nothing about memory.
+    """
+    _, data = read_sweep(sweep_dir)
+    if data.get("axis") != "concurrency":
+        raise InputError("--sweep needs a concurrency sweep (capplan sweep --axis concurrency)")
+    rejection = data.get("first_rejection")
+    if rejection is None:
+        return None
+    below = [p["load"] for p in data["points"] if p["load"] < rejection]
+    return float(max(below)) if below else 0.0
 
 
 def measured_figures(

@@ -55,6 +55,24 @@ def test_one_point_slowed_by_a_busy_host_barely_moves_the_fit() -> None:
     assert result.floor_ms == pytest.approx(10.0, rel=0.10)
 
 
+def test_fit_recovers_compute_efficiency_when_decode_and_prefill_slow_down_differently() -> None:
+    # A 4-bit scheme: dequantizing slows the weights' read 3x and the matmuls 1.5x. The fitted
+    # efficiency must be on the estimator's scale, or the calibrated estimate misprices decode.
+    quantized = Roofline(**{**ROOF.__dict__, "weights_bytes": 5 * 10**7, "decode_slowdown": 3.0,
+                            "prefill_slowdown": 1.5})  # fmt: skip
+    truth = Roofline(**{**quantized.__dict__, "bandwidth_efficiency": 0.6,
+                        "compute_efficiency": 0.3})  # fmt: skip
+    batches = (1, 2, 4, 8, 32, 64, 128)
+    decode = [DecodePoint(b, b * 200, truth.decode_step_ms(b * 200, b)) for b in batches]
+    assert truth.decode_bound(128 * 200, 128) == "compute"
+    prefill = [PrefillPoint(p, truth.prefill_ms(p)) for p in (16, 256, 1024)]
+    result = fit(quantized, decode, prefill, default_floor_ms=1.0)
+    assert "compute" in result.measured
+    assert result.compute_efficiency == pytest.approx(0.3, rel=0.05)
+    assert result.overhead_ms == pytest.approx(0.0, abs=0.5)
+    assert result.rms_error < 0.05
+
+
 def test_ladder_measures_each_prompt_alone_then_each_batch_short_and_long() -> None:
     assert ladder([16, 256], [1, 4]) == [
         LadderPoint(1, 16), LadderPoint(1, 256), LadderPoint(4, 16), LadderPoint(4, 256),

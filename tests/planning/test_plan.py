@@ -107,3 +107,16 @@ def test_estimate_mode_uses_the_estimators_recommended_concurrency() -> None:
     assert profile.service_time_s == pytest.approx(
         expected.timing.request_s_at_concurrency, rel=0.02
     )
+
+
+def test_the_request_overhead_comes_before_prefill_or_the_step_it_waits_for() -> None:
+    from capplan.planning.plan import profile_from_timing
+
+    # As the estimate and the emulated backend: overhead + max(prefill, step), never
+    # max(overhead + prefill, step), which hides the overhead behind a long step.
+    profile = profile_from_timing(
+        slots=2, prompt_tokens=10, output_tokens=3, prefill_ms=1.0, overhead_ms=5.0,
+        decode_step_ms=lambda kv_tokens: 10.0, source="test",
+    )  # fmt: skip
+    assert profile.figures["p50_ttft_ms"] == pytest.approx(15.0)
+    assert profile.service_time_s == pytest.approx((15.0 + 2 * 10.0) / 1000)

@@ -1,23 +1,31 @@
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from capplan.errors import InputError, TargetError
 from capplan.estimate.estimator import EstimateRequest, estimate
 from capplan.estimate.gpu_spec import resolve_gpu
 from capplan.estimate.model_spec import resolve_model
-from capplan.loadtest.summary_model import RunSummary
+from capplan.loadtest.summary import summarize
+from capplan.loadtest.summary_model import RunConfig, RunSummary
 from capplan.planning.validate import (
     WorkloadShape,
+    check_same_workload,
+    check_target_answered,
     estimated_figures,
     measured_figures,
+    served_prompt_tokens,
+    sweep_safe,
     telemetry_peaks,
     validate,
 )
 from reference_server.emulated import EmulatedTiming
 
-from ..regression.conftest import load_run_at
+from ..regression.conftest import load_run_at, synthetic_run, write_run
 
 # 10 ms per step plus 1 ms per 100 KV tokens; prefill 0.05 ms per prompt token; 1 KiB per token.
 TIMING = EmulatedTiming(
@@ -110,3 +118,61 @@ def test_emulated_backend_agrees_with_its_own_estimate(tmp_path: Path, serve_emu
     assert tpot_error is not None and abs(tpot_error) < 5
     assert tokens_error is not None and abs(tokens_error) < 15
     assert result.agrees, [(r.name, r.estimate, r.measured) for r in result.rows]
+
+
+def closed_loop(concurrency: int = 4, prompt: int = 16, output: int = 16) -> RunConfig:
+    fixed = {"dist": "fixed"}
+    return RunConfig({"concurrency": [concurrency], "rate": [],
+                      "prompt_tokens": {**fixed, "value": prompt},
+                      "max_tokens": {**fixed, "value": output}})  # fmt: skip
+
+
+def test_a_finished_run_of_another_workload_is_refused_naming_what_differs() -> None:
+    shape = WorkloadShape(prompt_tokens=16, output_tokens=16, concurrency=4)
+    check_same_workload(closed_loop(), shape, Path("run"))
+    with pytest.raises(InputError, match=r"concurrency \[8\] \(not \[4\]\)") as raised:
+        check_same_workload(closed_loop(concurrency=8), shape, Path("run"))
+    assert "prompt_tokens" not in str(raised.value)
+    open_loop = RunConfig({**closed_loop().data, "concurrency": [], "rate": [2.0]})
+    with pytest.raises(InputError, match="open loop"):
+        check_same_workload(open_loop, replace(shape, concurrency=0), Path("run"))
+
+
+def test_served_prompt_tokens_only_when_the_server_counted_every_prompt() -> None:
+    run = synthetic_run(1, ttft_ms=50, tpot_ms=10, n=6)
+    for record in run.records:
+        record.prompt_tokens, record.prompt_tokens_source = 23, "server"
+    assert served_prompt_tokens(RunSummary.from_dict(summarize(run.records))) == 23
+    run.records[0].prompt_tokens_source = "tokenizer"
+    assert served_prompt_tokens(RunSummary.from_dict(summarize(run.records))) is None
+
+
+def test_sweep_safe_is_the_last_concurrency_before_the_first_refusal(tmp_path: Path) -> None:
+    def sweep(**data: object) -> Path:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        (folder / "sweep.json").write_text(json.dumps(data))
+        return folder
+
+    points = [{"load": load} for load in (1, 2, 4, 8)]
+    assert sweep_safe(sweep(axis="concurrency", first_rejection=8, points=points)) == 4.0
+    assert sweep_safe(sweep(axis="concurrency", first_rejection=None, points=points)) is None
+    assert sweep_safe(sweep(axis="concurrency", first_rejection=1, points=points)) == 0.0
+    with pytest.raises(InputError, match="concurrency sweep"):
+        sweep_safe(sweep(axis="rate", points=points))
+
+
+def test_a_run_that_stopped_on_a_broken_target_is_not_compared(tmp_path: Path) -> None:
+    run = synthetic_run(1, ttft_ms=50, tpot_ms=10, n=6)
+    folder = write_run(run, tmp_path / "answered")
+    check_target_answered(run.summary, folder)
+    # Some requests succeeded before the stop: the figures would still measure the failure.
+    stop = {"step": "concurrency=4", "reason": "every request in 5s refused (503)"}
+    stopped = replace(run, summary=RunSummary.from_dict(summarize(run.records, stopped=stop)))
+    folder = write_run(stopped, tmp_path / "stopped")
+    with pytest.raises(TargetError, match="stopped early in concurrency=4: every request"):
+        check_target_answered(stopped.summary, folder)
+    failed = synthetic_run(2, ttft_ms=50, tpot_ms=10, n=6, fail=6)
+    folder = write_run(failed, tmp_path / "failed")
+    with pytest.raises(TargetError, match=r"no request succeeded \(6 sent: 503 x6\)"):
+        check_target_answered(failed.summary, folder)
